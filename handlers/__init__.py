@@ -1,0 +1,1 @@
+"""Tornado RequestHandler classes; each module ends with its `default_handlers` route list."""

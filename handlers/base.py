@@ -1,0 +1,144 @@
+"""The base of every API handler: JSON errors, bounded bodies, bearer-token authentication."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import ConnectionFailure, PyMongoError
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.inflight import InFlight
+from server.services import Services
+from server.todos import TodoStore
+from server.tokens import INVALID_TOKEN, Principal
+
+log = logging.getLogger("todo.api")
+DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """MongoDB could not be reached or did not answer in time: a 503, not a 500."""
+    return isinstance(exc, ConnectionFailure) or (
+        isinstance(exc, PyMongoError) and exc.timeout
+    )
+
+
+@stream_request_body
+class APIHandler(RequestHandler):
+    """Bodies are streamed in so that one over the limit is refused before it is held whole."""
+
+    requires_auth = True
+
+    def initialize(self) -> None:
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+        self._tracked = True
+        self.in_flight.started()
+
+    # -- dependencies, read from the application settings -------------------------------
+    @property
+    def services(self) -> Services:
+        services: Services = self.settings["services"]
+        return services
+
+    @property
+    def in_flight(self) -> InFlight:
+        tracker: InFlight = self.settings["in_flight"]
+        return tracker
+
+    @property
+    def todos(self) -> TodoStore:
+        return self.services.todos
+
+    @property
+    def principal(self) -> Principal:
+        principal: Principal = self.current_user
+        return principal
+
+    @property
+    def user_id(self) -> ObjectId:
+        return self.principal.user_id
+
+    # -- request life cycle --------------------------------------------------------------
+    async def prepare(self) -> None:
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and int(declared) > self.services.settings.max_body_size:
+            raise PayloadTooLarge(self._too_large_message())
+        if self.requires_auth:
+            self.current_user = await self._authenticate()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self.services.settings.max_body_size:
+            self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._body_size > self.services.settings.max_body_size:
+            raise PayloadTooLarge(self._too_large_message())
+        return b"".join(self._chunks)
+
+    def _too_large_message(self) -> str:
+        return f"request body is larger than {self.services.settings.max_body_size} bytes"
+
+    async def _authenticate(self) -> Principal:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(INVALID_TOKEN)
+        return await self.services.tokens.verify(token.strip())
+
+    def on_finish(self) -> None:
+        self._untrack()
+
+    def on_connection_close(self) -> None:
+        self._untrack()
+
+    def _untrack(self) -> None:
+        if self._tracked:
+            self._tracked = False
+            self.in_flight.ended()
+
+    # -- errors: always JSON, internals never leak ---------------------------------------
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, ApiError):
+            status_code, message = exc.status, exc.message
+        elif isinstance(exc, HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif database_unavailable(exc):
+            status_code, message = 503, DATABASE_UNAVAILABLE
+        elif status_code >= 500:
+            message = "internal server error"
+        self.set_status(status_code)
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="todo"')
+        if status_code == 503:
+            self.set_header("Retry-After", "1")
+        self.finish({"error": {"status": status_code, "message": message}})
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(value, ApiError) and value.status < 500:
+            return  # the client's mistake: the access log line is enough
+        if isinstance(value, ApiError) or database_unavailable(value):
+            log.warning("%s %s -> 503: %s", self.request.method, self.request.uri, value)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown path: a JSON 404, whatever the method."""
+
+    requires_auth = False
+
+    async def prepare(self) -> None:
+        raise NotFound(f"no route for {self.request.path}")

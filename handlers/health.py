@@ -1,0 +1,52 @@
+"""Liveness, readiness and the API description."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .base import APIHandler
+
+
+class HealthHandler(APIHandler):
+    requires_auth = False
+
+    def get(self) -> None:
+        """The process is alive and its event loop answers."""
+        self.write({"status": "ok"})
+
+
+class ReadinessHandler(APIHandler):
+    requires_auth = False
+
+    async def get(self) -> None:
+        """MongoDB and Redis both answer; otherwise 503 naming the one that does not."""
+        mongo_ok, redis_ok = await asyncio.gather(
+            self.services.mongo_ready(), self.services.redis_ready()
+        )
+        checks = {"mongodb": "ok" if mongo_ok else "unavailable",
+                  "redis": "ok" if redis_ok else "unavailable"}
+        if mongo_ok and redis_ok:
+            self.write({"status": "ready", "checks": checks})
+            return
+        failed = [name for name, state in checks.items() if state != "ok"]
+        self.set_status(503)
+        self.write({
+            "error": {"status": 503, "message": f"not ready: {', '.join(failed)} unavailable"},
+            "checks": checks,
+        })
+
+
+class OpenAPIHandler(APIHandler):
+    requires_auth = False
+
+    def get(self) -> None:
+        """This API described in OpenAPI 3.1."""
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.write(self.settings["openapi_spec"])
+
+
+default_handlers = [
+    (r"/healthz", HealthHandler),
+    (r"/readyz", ReadinessHandler),
+    (r"/openapi.json", OpenAPIHandler),
+]

@@ -1,0 +1,1 @@
+"""The Todo API service: a Tornado application on MongoDB and Redis."""

@@ -1,0 +1,146 @@
+"""The Redis cache of each user's first list page (the default query).
+
+Read-your-writes across instances without a race: every write bumps the user's version key
+and deletes the page; a reader that loaded the page from MongoDB stores it only if the version
+is still the one it saw before loading (a Lua compare-and-set), so a slow reader can never put
+back a page older than a write.
+
+Stampede protection: on a miss one request takes a short Redis lock and loads from MongoDB;
+the others poll Redis for the page it stores instead of querying MongoDB themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from server.redis_guard import RedisGuard
+
+SET_IF_VERSION = """
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+VERSION_TTL = 86400
+TTL_JITTER = 0.2
+
+
+class PageCache:
+    def __init__(
+        self,
+        guard: RedisGuard,
+        *,
+        ttl: float,
+        lock_ttl: float = 2.0,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self.guard = guard
+        self.ttl = ttl
+        self.lock_ttl = lock_ttl
+        self.poll_interval = poll_interval
+        self.hits = 0
+        self.misses = 0
+        self._set_if_version = guard.client.register_script(SET_IF_VERSION)
+        self._release_lock = guard.client.register_script(RELEASE_LOCK)
+
+    def _keys(self, owner: str) -> tuple[str, str, str]:
+        return (
+            self.guard.key("page", owner),
+            self.guard.key("version", owner),
+            self.guard.key("lock", owner),
+        )
+
+    def _jittered_ttl_ms(self) -> int:
+        # Spread expiries so that pages cached together do not all expire together.
+        return int(self.ttl * 1000 * random.uniform(1 - TTL_JITTER, 1))  # noqa: S311
+
+    async def get_or_load(self, owner: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The cached page of `owner`, loading it with `load()` at most once per miss."""
+        page_key, version_key, lock_key = self._keys(owner)
+        for _attempt in range(3):
+            found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
+            if found is None:
+                return await load()
+            page, version = found
+            if page is not None:
+                self.hits += 1
+                return bytes(page)
+            self.misses += 1
+            token = secrets.token_hex(8)
+            locked = await self.guard.run(
+                lambda r: r.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000)),
+                default=None,
+            )
+            if locked is None:
+                return await load()
+            if locked:
+                return await self._load_and_store(owner, load, version, token)
+            waited = await self._wait_for_page(page_key, lock_key)
+            if waited is not None:
+                self.hits += 1
+                return waited
+        return await load()
+
+    async def _load_and_store(
+        self,
+        owner: str,
+        load: Callable[[], Awaitable[bytes]],
+        version: bytes | None,
+        token: str,
+    ) -> bytes:
+        page_key, version_key, lock_key = self._keys(owner)
+        try:
+            page = await load()
+            await self.guard.run(
+                lambda r: self._set_if_version(
+                    keys=[page_key, version_key],
+                    args=[version or b"", page, self._jittered_ttl_ms()],
+                    client=r,
+                ),
+                default=None,
+            )
+            return page
+        finally:
+            await self.guard.run(
+                lambda r: self._release_lock(keys=[lock_key], args=[token], client=r),
+                default=None,
+            )
+
+    async def _wait_for_page(self, page_key: str, lock_key: str) -> bytes | None:
+        """The page another request is loading, or None once its lock is gone without one."""
+        deadline = time.monotonic() + self.lock_ttl
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.poll_interval)
+            found = await self.guard.run(lambda r: r.mget(page_key, lock_key), default=None)
+            if found is None:
+                return None
+            page, lock = found
+            if page is not None:
+                return bytes(page)
+            if lock is None:
+                return None
+        return None
+
+    async def invalidate(self, owner: str) -> None:
+        """Make the next read of `owner`'s first page come from MongoDB."""
+        page_key, version_key, _lock_key = self._keys(owner)
+
+        async def bump(client: Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incr(version_key)
+                pipe.expire(version_key, VERSION_TTL)
+                pipe.delete(page_key)
+                await pipe.execute()
+
+        await self.guard.must(bump)

@@ -1,0 +1,78 @@
+"""Entry point of one instance: settings, services, HTTP server, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from tornado.httpserver import HTTPServer
+
+from server.app import make_app
+from server.inflight import InFlight
+from server.services import open_services
+from server.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("todo")
+
+
+class StartupError(Exception):
+    """The instance cannot start; the message is one line for the operator."""
+
+
+def listen(server: HTTPServer, settings: Settings) -> None:
+    try:
+        server.listen(settings.port, settings.address, backlog=1024)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {settings.port} on {settings.address} is already in use")
+        raise StartupError(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}")
+
+
+async def drain(tracker: InFlight, server: HTTPServer, timeout: float) -> None:
+    """Let in-flight requests finish (bounded by `timeout`), then close every connection."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while tracker.count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if tracker.count:
+        log.warning("shutdown: %d requests still running after %.1fs", tracker.count, timeout)
+    await asyncio.wait_for(server.close_all_connections(), timeout=max(1.0, timeout))
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run one instance until SIGTERM/SIGINT (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    services = open_services(settings)
+    app = make_app(services)
+    server = HTTPServer(app, xheaders=settings.xheaders, idle_connection_timeout=75, body_timeout=30)
+    try:
+        listen(server, settings)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("listening on http://%s:%d", settings.address, settings.port)
+        await stop.wait()
+        log.info("shutting down: no new connections, draining requests")
+        server.stop()
+        await drain(app.settings["in_flight"], server, settings.shutdown_timeout)
+    finally:
+        await services.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        sys.exit(f"todo-server: {exc}")
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        sys.exit(f"todo-server: {exc}")

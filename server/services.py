@@ -1,0 +1,98 @@
+"""The clients and stores one instance uses, created on the running loop and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from server.cache import PageCache
+from server.redis_guard import RedisGuard
+from server.settings import Settings
+from server.todos import TodoStore
+from server.tokens import TokenService
+from server.users import UserStore
+
+
+def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:
+    """A client whose every operation gives up within mongo_timeout_ms: a 503, never a hang."""
+    timeout = settings.mongo_timeout_ms
+    return AsyncMongoClient(
+        settings.mongo_uri,
+        serverSelectionTimeoutMS=timeout,
+        connectTimeoutMS=timeout,
+        timeoutMS=timeout,
+        # An acknowledged write is journaled on a majority: it survives a mongod crash.
+        w="majority",
+        journal=True,
+        tz_aware=True,
+        appname="todo-api",
+        **options,
+    )
+
+
+def redis_client(settings: Settings) -> Redis:
+    # No retries inside redis-py: the guard falls back to MongoDB at once instead.
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    mongo: AsyncMongoClient[dict[str, Any]]
+    redis: RedisGuard
+    cache: PageCache
+    todos: TodoStore
+    users: UserStore
+    tokens: TokenService
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.mongo[self.settings.db_name]
+
+    async def mongo_ready(self) -> bool:
+        try:
+            await self.db.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def redis_ready(self) -> bool:
+        return await self.redis.ping()
+
+    async def close(self) -> None:
+        await asyncio.gather(self.redis.close(), self.mongo.close())
+
+
+def open_services(
+    settings: Settings,
+    *,
+    mongo: AsyncMongoClient[dict[str, Any]] | None = None,
+    redis: Redis | None = None,
+) -> Services:
+    """Wire the stores to the clients; tests may pass clients of their own (real ones)."""
+    mongo = mongo or mongo_client(settings)
+    guard = RedisGuard(redis or redis_client(settings), prefix=settings.redis_prefix)
+    db = mongo[settings.db_name]
+    cache = PageCache(guard, ttl=settings.cache_ttl)
+    return Services(
+        settings=settings,
+        mongo=mongo,
+        redis=guard,
+        cache=cache,
+        todos=TodoStore(db, cache),
+        users=UserStore(db),
+        tokens=TokenService(secret=settings.secret, ttl=settings.token_ttl, guard=guard, db=db),
+    )

@@ -1,0 +1,196 @@
+"""Settings: command-line options first, then `TODO_*` environment variables, then a conf file.
+
+Every option is declared once, with its help text naming its environment variable, and validated
+at start-up so that a bad value stops the process with one clear line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tornado.options import Error as OptionsError
+from tornado.options import OptionParser
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_FILE = PROJECT_ROOT / "conf" / "todo.ini"
+DEFAULT_SECRET_FILE = PROJECT_ROOT / "var" / "secret"
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8001
+    address: str = "127.0.0.1"
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    db_name: str = "todo"
+    secret: str = ""
+    secret_file: str = str(DEFAULT_SECRET_FILE)
+    debug: bool = False
+    token_ttl: int = 86400
+    cache_ttl: int = 60
+    mongo_timeout_ms: int = 1500
+    redis_timeout: float = 0.5
+    redis_prefix: str = "todo:"
+    max_body_size: int = 64 * 1024
+    shutdown_timeout: float = 10.0
+    xheaders: bool = False
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, bool: _parse_bool}
+
+# name -> (type, help). The env variable is TODO_<NAME>; the conf key is the name itself.
+OPTIONS: dict[str, tuple[type, str]] = {
+    "port": (int, "TCP port to listen on (TODO_PORT)"),
+    "address": (str, "address to bind; loopback by default (TODO_ADDRESS)"),
+    "mongo_uri": (str, "MongoDB connection URI (TODO_MONGO_URI)"),
+    "redis_url": (str, "Redis URL for the list cache and token revocations (TODO_REDIS_URL)"),
+    "db_name": (str, "MongoDB database name (TODO_DB_NAME)"),
+    "secret": (str, "token signing secret, >= 32 characters; generated into --secret-file "
+                    "when absent (TODO_SECRET)"),
+    "secret_file": (str, "where the generated secret is kept (TODO_SECRET_FILE)"),
+    "debug": (bool, "Tornado debug mode: autoreload and tracebacks in logs (TODO_DEBUG)"),
+    "token_ttl": (int, "bearer token lifetime in seconds (TODO_TOKEN_TTL)"),
+    "cache_ttl": (int, "first-page cache lifetime in seconds, before jitter (TODO_CACHE_TTL)"),
+    "mongo_timeout_ms": (int, "MongoDB server selection and operation timeout in ms "
+                              "(TODO_MONGO_TIMEOUT_MS)"),
+    "redis_timeout": (float, "Redis connect and command timeout in seconds (TODO_REDIS_TIMEOUT)"),
+    "redis_prefix": (str, "prefix of every Redis key this service writes (TODO_REDIS_PREFIX)"),
+    "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),
+    "shutdown_timeout": (float, "seconds in-flight requests get to finish on SIGTERM "
+                                "(TODO_SHUTDOWN_TIMEOUT)"),
+    "xheaders": (bool, "trust X-Real-IP / X-Forwarded-* (only behind nginx) (TODO_XHEADERS)"),
+}
+
+
+def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
+    """Parse argv into the options given explicitly (absent ones stay out of the result)."""
+    parser = OptionParser()
+    for name, (kind, help_text) in OPTIONS.items():
+        parser.define(name, type=kind, default=None, help=help_text)
+    parser.define("conf", type=str, default=None,
+                  help=f"INI conf file with a [todo] section (TODO_CONF; default {DEFAULT_CONF_FILE}"
+                       " when it exists)")
+    try:
+        parser.parse_command_line(["todo-server", *argv], final=False)
+    except OptionsError as exc:
+        raise SettingsError(str(exc)) from None
+    given = {name: parser.as_dict()[name] for name in OPTIONS if parser.as_dict()[name] is not None}
+    return given, parser.as_dict()["conf"]
+
+
+def _conf_file(path: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    chosen = path or env.get("TODO_CONF")
+    if chosen is None:
+        if not DEFAULT_CONF_FILE.exists():
+            return {}
+        chosen = str(DEFAULT_CONF_FILE)
+    parser = configparser.ConfigParser()
+    try:
+        with open(chosen, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise SettingsError(f"cannot read conf file {chosen}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise SettingsError(f"conf file {chosen} is not valid INI: {exc.message}") from None
+    if not parser.has_section("todo"):
+        return {}
+    values = dict(parser.items("todo"))
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise SettingsError(f"conf file {chosen}: unknown setting {unknown[0]!r}")
+    return values
+
+
+def _convert(name: str, raw: str, source: str) -> Any:
+    kind = OPTIONS[name][0]
+    try:
+        return _PARSERS[kind](raw)
+    except ValueError:
+        raise SettingsError(f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
+
+
+def _validate(values: dict[str, Any]) -> None:
+    checks: list[tuple[bool, str]] = [
+        (1 <= values["port"] <= 65535, f"port must be 1-65535, got {values['port']}"),
+        (values["mongo_uri"].startswith(("mongodb://", "mongodb+srv://")),
+         "mongo_uri must start with mongodb:// or mongodb+srv://"),
+        (values["redis_url"].startswith(("redis://", "rediss://", "unix://")),
+         "redis_url must start with redis://, rediss:// or unix://"),
+        (bool(values["db_name"]) and not set(values["db_name"]) & set('/\\. "$'),
+         f"db_name {values['db_name']!r} is not a valid MongoDB database name"),
+        (values["token_ttl"] >= 60, "token_ttl must be at least 60 seconds"),
+        (values["cache_ttl"] >= 1, "cache_ttl must be at least 1 second"),
+        (values["mongo_timeout_ms"] >= 100, "mongo_timeout_ms must be at least 100"),
+        (values["redis_timeout"] > 0, "redis_timeout must be positive"),
+        (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
+        (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SettingsError(message)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read the signing secret kept in `path`, creating it (mode 0600) on first run."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(48)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        except FileExistsError:
+            # Another instance created it first: use theirs, so all instances sign alike.
+            return load_or_create_secret(path)
+        except OSError as exc:
+            raise SettingsError(f"cannot create secret file {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+    except OSError as exc:
+        raise SettingsError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return secret
+
+
+def load_settings(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from argv, then env, then the conf file, then the defaults."""
+    env = os.environ if env is None else env
+    given, conf_path = _command_line(argv)
+    conf = _conf_file(conf_path, env)
+    values: dict[str, Any] = {}
+    for name in OPTIONS:
+        env_name = f"TODO_{name.upper()}"
+        if name in given:
+            values[name] = given[name]
+        elif env.get(env_name, "") != "":
+            values[name] = _convert(name, env[env_name], env_name)
+        elif name in conf:
+            values[name] = _convert(name, conf[name], "conf file")
+        else:
+            values[name] = getattr(Settings, name)
+    _validate(values)
+    if not values["secret"]:
+        values["secret"] = load_or_create_secret(Path(values["secret_file"]))
+    if len(values["secret"]) < MIN_SECRET_LENGTH:
+        raise SettingsError(f"secret must be at least {MIN_SECRET_LENGTH} characters long")
+    return Settings(**values)

@@ -1,0 +1,158 @@
+"""Todo data access: every query is scoped to its owner, and every write invalidates the cache."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.cache import PageCache
+from server.errors import NotFound
+from server.paging import encode_cursor
+from server.validation import ListQuery, TodoUpdate
+
+LIST_ORDER = [("created_at", DESCENDING), ("_id", DESCENDING)]
+PUBLIC_FIELDS = {"owner": False}
+
+
+def utc_now() -> datetime:
+    """Now, truncated to the millisecond that MongoDB stores, so what we return is what we read."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def public_todo(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "content": doc["content"],
+        "created_at": isoformat(doc["created_at"]),
+        "is_finished": doc["is_finished"],
+        "finished_at": isoformat(doc.get("finished_at")),
+    }
+
+
+@dataclass(frozen=True)
+class Page:
+    todos: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"data": self.todos, "next_cursor": self.next_cursor}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Page:
+        value = json.loads(raw)
+        return cls(todos=value["data"], next_cursor=value["next_cursor"])
+
+
+def _finished_at_when(finished: bool, now: datetime) -> Any:
+    # Finishing twice keeps the first finished_at; un-finishing clears it.
+    return {"$ifNull": ["$finished_at", now]} if finished else None
+
+
+class TodoStore:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], cache: PageCache) -> None:
+        self.collection = db["todos"]
+        self.cache = cache
+
+    async def create(self, *, owner: ObjectId, content: str) -> dict[str, Any]:
+        doc = {
+            "_id": ObjectId(),
+            "owner": owner,
+            "content": content,
+            "created_at": utc_now(),
+            "is_finished": False,
+            "finished_at": None,
+        }
+        await self.collection.insert_one(doc)
+        await self.cache.invalidate(str(owner))
+        return public_todo(doc)
+
+    async def create_many(self, *, owner: ObjectId, contents: list[str]) -> int:
+        \"\"\"Insert a batch in one round trip, newest last, one millisecond apart.\"\"\"
+        now = utc_now()
+        count = len(contents)
+        docs = [
+            {"owner": owner, "content": content, "created_at": now - timedelta(milliseconds=count - i),
+             "is_finished": False, "finished_at": None}
+            for i, content in enumerate(contents)
+        ]
+        await self.collection.insert_many(docs, ordered=False)
+        await self.cache.invalidate(str(owner))
+        return count
+
+    async def get(self, *, owner: ObjectId, todo_id: ObjectId) -> dict[str, Any]:
+        doc = await self.collection.find_one({"_id": todo_id, "owner": owner}, PUBLIC_FIELDS)
+        if doc is None:
+            raise NotFound("todo not found")
+        return public_todo(doc)
+
+    async def update(
+        self, *, owner: ObjectId, todo_id: ObjectId, changes: TodoUpdate
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if changes.content is not None:
+            # $literal: in an update pipeline a string starting with "$" would be a field path.
+            fields["content"] = {"$literal": changes.content}
+        if changes.is_finished is not None:
+            fields["is_finished"] = changes.is_finished
+            fields["finished_at"] = _finished_at_when(changes.is_finished, utc_now())
+        return await self._update(owner, todo_id, fields)
+
+    async def finish(self, *, owner: ObjectId, todo_id: ObjectId) -> dict[str, Any]:
+        fields = {"is_finished": True, "finished_at": _finished_at_when(True, utc_now())}
+        return await self._update(owner, todo_id, fields)
+
+    async def _update(
+        self, owner: ObjectId, todo_id: ObjectId, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        doc = await self.collection.find_one_and_update(
+            {"_id": todo_id, "owner": owner},
+            [{"$set": fields}],
+            projection=PUBLIC_FIELDS,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise NotFound("todo not found")
+        await self.cache.invalidate(str(owner))
+        return public_todo(doc)
+
+    async def delete(self, *, owner: ObjectId, todo_id: ObjectId) -> None:
+        result = await self.collection.delete_one({"_id": todo_id, "owner": owner})
+        if result.deleted_count == 0:
+            raise NotFound("todo not found")
+        await self.cache.invalidate(str(owner))
+
+    async def list_page(self, *, owner: ObjectId, query: ListQuery) -> Page:
+        """A page newest first; the first page of the default query comes from the cache."""
+        if query.is_default:
+            raw = await self.cache.get_or_load(
+                str(owner), lambda: self._load_page(owner, query)
+            )
+            return Page.from_json(raw)
+        return Page.from_json(await self._load_page(owner, query))
+
+    async def _load_page(self, owner: ObjectId, query: ListQuery) -> bytes:
+        conditions: dict[str, Any] = {"owner": owner}
+        if query.finished is not None:
+            conditions["is_finished"] = query.finished
+        if query.cursor is not None:
+            conditions.update(query.cursor.filter())
+        found = self.collection.find(conditions, PUBLIC_FIELDS).sort(LIST_ORDER)
+        docs = await found.skip(query.start).limit(query.limit + 1).to_list()
+        next_cursor = None
+        if len(docs) > query.limit:
+            docs = docs[: query.limit]
+            next_cursor = encode_cursor(docs[-1]["created_at"], docs[-1]["_id"])
+        return Page(todos=[public_todo(doc) for doc in docs], next_cursor=next_cursor).to_json()

@@ -1,0 +1,196 @@
+"""Parsing and validation of request bodies and query strings, in one place.
+
+Every value that reaches a MongoDB filter or document passes through here and comes out as a
+plain `str`, `bool`, `int` or `ObjectId`, so operator injection (`{"$ne": null}`) cannot happen.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from tornado import httputil
+
+from server.errors import BadRequest, NotFound, UnsupportedMediaType
+from server.paging import Cursor, decode_cursor
+
+MAX_CONTENT_LENGTH = 1000
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class TodoCreate:
+    content: str
+
+
+@dataclass(frozen=True)
+class TodoUpdate:
+    """Only the fields the client sent are set; None means "leave as it is"."""
+
+    content: str | None = None
+    is_finished: bool | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    limit: int = DEFAULT_LIMIT
+    start: int = 0
+    finished: bool | None = None
+    cursor: Cursor | None = None
+
+    @property
+    def is_default(self) -> bool:
+        """The query every client makes first: the one the Redis page cache serves."""
+        return self == ListQuery()
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/415 saying what is wrong with it."""
+    if media_type(content_type) != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def parse_form(body: bytes, content_type: str, headers: httputil.HTTPHeaders) -> dict[str, str]:
+    """Form fields as single strings; repeated fields and file uploads are refused."""
+    arguments: dict[str, list[bytes]] = {}
+    files: dict[str, list[httputil.HTTPFile]] = {}
+    try:
+        httputil.parse_body_arguments(content_type, body, arguments, files, headers)
+    except httputil.HTTPInputError as exc:
+        raise BadRequest(f"malformed form body: {exc}") from None
+    if files:
+        raise BadRequest(f"unknown field {next(iter(files))!r}: file uploads are not accepted")
+    fields: dict[str, str] = {}
+    for name, values in arguments.items():
+        if len(values) != 1:
+            raise BadRequest(f"field {name!r} must be given once")
+        try:
+            fields[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"field {name!r} is not valid UTF-8") from None
+    return fields
+
+
+def parse_fields(body: bytes, headers: httputil.HTTPHeaders) -> dict[str, Any]:
+    """A JSON object body or a form body (as the original clients send), by Content-Type."""
+    content_type = headers.get("Content-Type")
+    if media_type(content_type) in FORM_TYPES:
+        return parse_form(body, content_type or "", headers)
+    if media_type(content_type) == "application/json":
+        return parse_json_object(body, content_type)
+    raise UnsupportedMediaType(
+        "Content-Type must be application/json or application/x-www-form-urlencoded"
+    )
+
+
+def _reject_unknown(fields: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _content(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("content must be a string")
+    content = value.strip()
+    if not content:
+        raise BadRequest("content must not be empty")
+    if len(content) > MAX_CONTENT_LENGTH:
+        raise BadRequest(f"content must be at most {MAX_CONTENT_LENGTH} characters")
+    return content
+
+
+def todo_create(fields: Mapping[str, Any]) -> TodoCreate:
+    _reject_unknown(fields, {"content"})
+    if "content" not in fields:
+        raise BadRequest("content is required")
+    return TodoCreate(content=_content(fields["content"]))
+
+
+def todo_update(fields: Mapping[str, Any]) -> TodoUpdate:
+    _reject_unknown(fields, {"content", "is_finished"})
+    if not fields:
+        raise BadRequest("nothing to update: send content and/or is_finished")
+    content = _content(fields["content"]) if "content" in fields else None
+    is_finished = fields.get("is_finished")
+    if "is_finished" in fields and not isinstance(is_finished, bool):
+        raise BadRequest("is_finished must be true or false")
+    return TodoUpdate(content=content, is_finished=is_finished)
+
+
+def credentials(fields: Mapping[str, Any], *, new_account: bool) -> Credentials:
+    _reject_unknown(fields, {"username", "password"})
+    username, password = fields.get("username"), fields.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise BadRequest("username and password are required strings")
+    if new_account:
+        if not USERNAME_PATTERN.fullmatch(username):
+            raise BadRequest("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise BadRequest(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise BadRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+    return Credentials(username=username, password=password)
+
+
+def _int_argument(name: str, raw: str, low: int, high: int) -> int:
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def list_query(arguments: Mapping[str, list[bytes]]) -> ListQuery:
+    """`?start=&limit=&finished=&cursor=`; anything else (like `finished[$ne]`) is refused."""
+    _reject_unknown(arguments, {"start", "limit", "finished", "cursor"})
+    values: dict[str, str] = {}
+    for name, raw in arguments.items():
+        if len(raw) != 1:
+            raise BadRequest(f"query parameter {name!r} must be given once")
+        values[name] = raw[0].decode("utf-8", errors="replace")
+    if "start" in values and "cursor" in values:
+        raise BadRequest("use either start or cursor, not both")
+    finished = values.get("finished")
+    if finished not in (None, "true", "false"):
+        raise BadRequest("finished must be true or false")
+    return ListQuery(
+        limit=_int_argument("limit", values["limit"], 1, MAX_LIMIT) if "limit" in values
+        else DEFAULT_LIMIT,
+        start=_int_argument("start", values["start"], 0, 10**9) if "start" in values else 0,
+        finished=None if finished is None else finished == "true",
+        cursor=decode_cursor(values["cursor"]) if "cursor" in values else None,
+    )
+
+
+def object_id(raw: str) -> ObjectId:
+    """A todo id from the URL; anything that is not an ObjectId cannot exist, so it is a 404."""
+    if not ObjectId.is_valid(raw) or len(raw) != 24:
+        raise NotFound("todo not found")
+    return ObjectId(raw)
