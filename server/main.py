@@ -28,18 +28,24 @@ def listen(server: HTTPServer, settings: Settings) -> None:
         server.listen(settings.port, settings.address, backlog=1024)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {settings.port} on {settings.address} is already in use")
-        raise StartupError(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}")
+            raise StartupError(
+                f"port {settings.port} on {settings.address} is already in use"
+            ) from None
+        raise StartupError(
+            f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}"
+        ) from None
 
 
-async def drain(tracker: InFlight, server: HTTPServer, timeout: float) -> None:
-    """Let in-flight requests finish (bounded by `timeout`), then close every connection."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while tracker.count and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
-    if tracker.count:
-        log.warning("shutdown: %d requests still running after %.1fs", tracker.count, timeout)
-    await asyncio.wait_for(server.close_all_connections(), timeout=max(1.0, timeout))
+async def drain(tracker: InFlight, server: HTTPServer, grace: float) -> None:
+    """Let in-flight requests finish (for at most `grace` seconds), then close connections."""
+    try:
+        await asyncio.wait_for(tracker.idle(), grace)
+    except TimeoutError:
+        log.warning("shutdown: %d requests still running after %.1fs", tracker.count, grace)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 1.0)
+    except TimeoutError:
+        log.warning("shutdown: connections did not close in time")
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -47,7 +53,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     services = open_services(settings)
     app = make_app(services)
-    server = HTTPServer(app, xheaders=settings.xheaders, idle_connection_timeout=75, body_timeout=30)
+    server = HTTPServer(
+        app, xheaders=settings.xheaders, idle_connection_timeout=75, body_timeout=30
+    )
     try:
         listen(server, settings)
         loop = asyncio.get_running_loop()

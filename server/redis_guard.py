@@ -55,7 +55,7 @@ class RedisGuard:
             return default
         try:
             return await call(self.client)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
             return default
 
@@ -65,7 +65,7 @@ class RedisGuard:
             try:
                 await call(self.client)
                 return
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 self._failed(exc)
         self._repairs.append(call)
         if self._repair_task is None or self._repair_task.done():
@@ -79,7 +79,7 @@ class RedisGuard:
             while self._repairs:
                 try:
                     await self._repairs[0](self.client)
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, RedisError, OSError) as exc:
                     self._failed(exc)
                     return False
                 self._repairs.popleft()
@@ -94,7 +94,7 @@ class RedisGuard:
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
             return False
 

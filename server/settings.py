@@ -89,8 +89,8 @@ def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     for name, (kind, help_text) in OPTIONS.items():
         parser.define(name, type=kind, default=None, help=help_text)
     parser.define("conf", type=str, default=None,
-                  help=f"INI conf file with a [todo] section (TODO_CONF; default {DEFAULT_CONF_FILE}"
-                       " when it exists)")
+                  help="INI conf file with a [todo] section (TODO_CONF; default "
+                       f"{DEFAULT_CONF_FILE} when it exists)")
     try:
         parser.parse_command_line(["todo-server", *argv], final=False)
     except OptionsError as exc:

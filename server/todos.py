@@ -80,12 +80,17 @@ class TodoStore:
         return public_todo(doc)
 
     async def create_many(self, *, owner: ObjectId, contents: list[str]) -> int:
-        \"\"\"Insert a batch in one round trip, newest last, one millisecond apart.\"\"\"
+        """Insert a batch in one round trip, newest last, one millisecond apart."""
         now = utc_now()
         count = len(contents)
         docs = [
-            {"owner": owner, "content": content, "created_at": now - timedelta(milliseconds=count - i),
-             "is_finished": False, "finished_at": None}
+            {
+                "owner": owner,
+                "content": content,
+                "created_at": now - timedelta(milliseconds=count - i),
+                "is_finished": False,
+                "finished_at": None,
+            }
             for i, content in enumerate(contents)
         ]
         await self.collection.insert_many(docs, ordered=False)

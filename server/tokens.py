@@ -29,7 +29,7 @@ from server.errors import Unauthorized
 from server.redis_guard import RedisGuard
 
 log = logging.getLogger(__name__)
-INVALID_TOKEN = "missing, invalid, expired or revoked bearer token"
+INVALID_TOKEN = "missing, invalid, expired or revoked bearer token"  # noqa: S105
 
 
 @dataclass(frozen=True)

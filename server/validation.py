@@ -72,7 +72,8 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        message = f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
+        raise BadRequest(message) from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value

@@ -107,7 +107,8 @@ def stop_services(io_loop: Any, services: Services) -> None:
     async def clean() -> None:
         try:
             await services.mongo.drop_database(services.settings.db_name)
-            keys = [k async for k in services.redis.client.scan_iter(f"{services.settings.redis_prefix}*")]
+            pattern = f"{services.settings.redis_prefix}*"
+            keys = [k async for k in services.redis.client.scan_iter(pattern)]
             if keys:
                 await services.redis.client.delete(*keys)
         finally:
@@ -115,7 +116,7 @@ def stop_services(io_loop: Any, services: Services) -> None:
 
     try:
         io_loop.run_sync(clean, timeout=30)
-    except Exception:  # noqa: BLE001 - the server may be down on purpose in this test
+    except Exception:
         io_loop.run_sync(services.close, timeout=30)
 
 
@@ -160,7 +161,7 @@ class Api:
         json_body: Any = None,
         body: bytes | str | None = None,
         headers: dict[str, str] | None = None,
-        timeout: float = 20,
+        request_timeout: float = 20,
     ) -> Reply:
         all_headers = dict(headers or {})
         if token:
@@ -172,7 +173,7 @@ class Api:
             body = b""
         response: HTTPResponse = await self.client.fetch(
             self.base_url + path, method=method, headers=all_headers, body=body,
-            raise_error=False, request_timeout=timeout, allow_nonstandard_methods=True,
+            raise_error=False, request_timeout=request_timeout, allow_nonstandard_methods=True,
             decompress_response=True,
         )
         if response.code == 599:
@@ -195,7 +196,7 @@ class Api:
     async def delete(self, path: str, **kwargs: Any) -> Reply:
         return await self.request("DELETE", path, **kwargs)
 
-    async def register(self, username: str, password: str = "correct horse") -> str:
+    async def register(self, username: str, password: str = "correct horse") -> str:  # noqa: S107
         """Create a user and return a fresh bearer token for it."""
         created = await self.post("/users", json_body={"username": username, "password": password})
         assert created.status == 201, created.json
