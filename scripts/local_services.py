@@ -84,10 +84,9 @@ class LocalServer:
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        except (FileNotFoundError, ValueError):
             return None
-        return pid
+        return pid if _alive(pid) else None
 
     def start(self, timeout: float = 60.0) -> int:
         """Start detached (surviving the caller) and wait until the port answers."""
@@ -129,11 +128,12 @@ class LocalServer:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs; an exited child nobody has reaped yet (a zombie) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
 
 
 def _wait_for_exit(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> bool:
