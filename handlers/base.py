@@ -64,7 +64,18 @@ class APIHandler(RequestHandler):
         return self.principal.user_id
 
     # -- request life cycle --------------------------------------------------------------
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (for 405 and its Allow header)."""
+        return [
+            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(cls, method.lower()) is not getattr(RequestHandler, method.lower())
+        ]
+
     async def prepare(self) -> None:
+        # A wrong method is a 405 even without a token (Tornado would only find out later).
+        if self.request.method not in self.allowed_methods():
+            raise HTTPError(405)
         declared = self.request.headers.get("Content-Length")
         if declared is not None and int(declared) > self.services.settings.max_body_size:
             raise PayloadTooLarge(self._too_large_message())
@@ -119,6 +130,8 @@ class APIHandler(RequestHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="todo"')
         if status_code == 503:
             self.set_header("Retry-After", "1")
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish({"error": {"status": status_code, "message": message}})
 
     def log_exception(

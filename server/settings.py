@@ -83,6 +83,26 @@ OPTIONS: dict[str, tuple[type, str]] = {
 }
 
 
+def _joined_values(argv: Sequence[str]) -> list[str]:
+    """Accept `--port 8001` as well as tornado's own `--port=8001`."""
+    joined: list[str] = []
+    pending: str | None = None
+    for arg in argv:
+        if pending is not None:
+            joined.append(f"{pending}={arg}")
+            pending = None
+            continue
+        name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        takes_value = name == "conf" or OPTIONS.get(name, (bool, ""))[0] is not bool
+        if arg.startswith("--") and "=" not in arg and takes_value:
+            pending = arg
+        else:
+            joined.append(arg)
+    if pending is not None:
+        joined.append(pending)  # tornado reports the missing value
+    return joined
+
+
 def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """Parse argv into the options given explicitly (absent ones stay out of the result)."""
     parser = OptionParser()
@@ -91,10 +111,15 @@ def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     parser.define("conf", type=str, default=None,
                   help="INI conf file with a [todo] section (TODO_CONF; default "
                        f"{DEFAULT_CONF_FILE} when it exists)")
-    try:
-        parser.parse_command_line(["todo-server", *argv], final=False)
-    except OptionsError as exc:
-        raise SettingsError(str(exc)) from None
+    for arg in _joined_values(argv):  # one at a time, so an error names the argument at fault
+        try:
+            rest = parser.parse_command_line(["todo-server", arg], final=False)
+        except OptionsError as exc:
+            raise SettingsError(str(exc)) from None
+        except ValueError:
+            raise SettingsError(f"{arg}: value of the wrong type") from None
+        if rest:
+            raise SettingsError(f"unexpected argument {arg!r}; options look like --port=8001")
     given = {name: parser.as_dict()[name] for name in OPTIONS if parser.as_dict()[name] is not None}
     return given, parser.as_dict()["conf"]
 

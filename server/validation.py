@@ -108,7 +108,8 @@ def parse_fields(body: bytes, headers: httputil.HTTPHeaders) -> dict[str, Any]:
     if media_type(content_type) == "application/json":
         return parse_json_object(body, content_type)
     raise UnsupportedMediaType(
-        "Content-Type must be application/json or application/x-www-form-urlencoded"
+        "Content-Type must be application/json, application/x-www-form-urlencoded"
+        " or multipart/form-data"
     )
 
 

@@ -7,10 +7,11 @@ servers of your own instead (nothing outside the test's database and prefix is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 from tornado.web import Application
 
 from scripts.local_services import LocalServer, free_port, mongod_server, redis_server
@@ -92,15 +95,33 @@ def query_counter() -> QueryCounter:
     return QueryCounter()
 
 
-def start_services(io_loop: Any, settings: Settings, listener: QueryCounter | None) -> Services:
-    async def build() -> Services:
-        options = {"event_listeners": [listener]} if listener else {}
-        services = open_services(settings, mongo=mongo_client(settings, **options))
-        await ensure_indexes(services.db)
-        return services
+async def build_services(settings: Settings, listener: Any = None) -> Services:
+    """Real services for `settings`; `listener` (a pymongo CommandListener) sees every command."""
+    options = {"event_listeners": [listener]} if listener else {}
+    services = open_services(settings, mongo=mongo_client(settings, **options))
+    await ensure_indexes(services.db)
+    return services
 
-    result: Services = io_loop.run_sync(build, timeout=30)
+
+def start_services(io_loop: Any, settings: Settings, listener: Any = None) -> Services:
+    result: Services = io_loop.run_sync(lambda: build_services(settings, listener), timeout=30)
     return result
+
+
+@contextlib.asynccontextmanager
+async def another_instance(settings: Settings) -> AsyncIterator[Api]:
+    """A second instance (own clients, own HTTP server and port) on the same data."""
+    services = await build_services(settings)
+    sock, port = bind_unused_port()
+    server = HTTPServer(make_app(services))
+    server.add_sockets([sock])
+    client = Api(f"http://127.0.0.1:{port}")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        await services.close()
 
 
 def stop_services(io_loop: Any, services: Services) -> None:

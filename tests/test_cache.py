@@ -1,0 +1,125 @@
+"""The Redis first-page cache: read-your-writes, stampede protection, jitter, no stale put-back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import another_instance
+
+
+async def create(api, token, content):
+    reply = await api.post("/todo", token=token, json_body={"content": content})
+    assert reply.status == 201, reply.json
+    return reply.json
+
+
+async def first_page(api, token):
+    reply = await api.get("/todo", token=token)
+    assert reply.status == 200, reply.json
+    return reply.json["data"]
+
+
+@pytest.mark.gen_test
+async def test_every_write_shows_in_the_next_cached_read(api):
+    token = await api.register("writer")
+    todo = await create(api, token, "first")
+    assert [t["content"] for t in await first_page(api, token)] == ["first"]
+
+    await create(api, token, "second")
+    assert [t["content"] for t in await first_page(api, token)] == ["second", "first"]
+
+    await api.patch(f"/todo/{todo['id']}", token=token, json_body={"content": "first, edited"})
+    assert (await first_page(api, token))[1]["content"] == "first, edited"
+
+    await api.put(f"/todo/{todo['id']}/finish", token=token)
+    assert (await first_page(api, token))[1]["is_finished"] is True
+
+    await api.delete(f"/todo/{todo['id']}", token=token)
+    assert [t["content"] for t in await first_page(api, token)] == ["second"]
+
+
+@pytest.mark.gen_test
+async def test_repeated_reads_are_served_from_redis_not_mongodb(api, query_counter):
+    token = await api.register("reader")
+    await create(api, token, "cached")
+    await first_page(api, token)
+    before = query_counter.finds
+    for _ in range(20):
+        assert [t["content"] for t in await first_page(api, token)] == ["cached"]
+    assert query_counter.finds == before
+
+
+@pytest.mark.gen_test
+async def test_other_queries_bypass_the_cache(api, query_counter):
+    token = await api.register("bypass")
+    await create(api, token, "x")
+    for path in ("/todo?limit=5", "/todo?finished=false", "/todo?start=0&limit=11"):
+        before = query_counter.finds
+        assert (await api.get(path, token=token)).status == 200
+        assert query_counter.finds == before + 1, path
+
+
+@pytest.mark.gen_test
+async def test_fifty_concurrent_misses_query_mongodb_once(api, query_counter):
+    token = await api.register("stampede")
+    for i in range(15):
+        await create(api, token, f"todo {i}")
+    before = query_counter.finds
+    replies = await asyncio.gather(*(api.get("/todo", token=token) for _ in range(50)))
+    assert {reply.status for reply in replies} == {200}
+    assert all(reply.json == replies[0].json for reply in replies)
+    assert len(replies[0].json["data"]) == 10
+    assert query_counter.finds - before == 1
+
+
+@pytest.mark.gen_test
+async def test_a_write_on_one_instance_is_read_on_another(api, services):
+    """Read-your-writes across instances: no in-process state decides freshness."""
+    async with another_instance(services.settings) as other_api:
+        token = await api.register("roamer")
+        await create(api, token, "one")
+        assert [t["content"] for t in await first_page(other_api, token)] == ["one"]
+        await create(other_api, token, "two")
+        assert [t["content"] for t in await first_page(api, token)] == ["two", "one"]
+        reply = await api.get("/todo", token=token)
+        await other_api.put(f"/todo/{reply.json['data'][0]['id']}/finish", token=token)
+        assert (await first_page(api, token))[0]["is_finished"] is True
+
+
+@pytest.mark.gen_test
+async def test_cached_pages_expire_with_jitter(api, services):
+    ttls = set()
+    for i in range(6):
+        token = await api.register(f"jitter{i}")
+        await create(api, token, "x")
+        await first_page(api, token)
+    client = services.redis.client
+    async for key in client.scan_iter(f"{services.settings.redis_prefix}page:*"):
+        ttls.add(await client.pttl(key))
+    ceiling = services.settings.cache_ttl * 1000
+    assert len(ttls) == 6
+    assert all(0.7 * ceiling < ttl <= ceiling for ttl in ttls)
+    assert len(ttls) > 1
+
+
+@pytest.mark.gen_test
+async def test_a_page_loaded_before_a_write_is_never_stored_after_it(services):
+    """A slow reader racing a writer cannot put an outdated page back into the cache."""
+    cache = services.cache
+    loads = []
+
+    async def slow_load_with_write_in_between() -> bytes:
+        loads.append("slow")
+        await cache.invalidate("racer")  # a write lands while this reader is loading
+        return b"outdated page"
+
+    async def fresh_load() -> bytes:
+        loads.append("fresh")
+        return b"fresh page"
+
+    assert await cache.get_or_load("racer", slow_load_with_write_in_between) == b"outdated page"
+    assert await cache.get_or_load("racer", fresh_load) == b"fresh page"
+    assert await cache.get_or_load("racer", fresh_load) == b"fresh page"
+    assert loads == ["slow", "fresh"]
