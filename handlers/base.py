@@ -64,6 +64,13 @@ class APIHandler(RequestHandler):
         return self.principal.user_id
 
     # -- request life cycle --------------------------------------------------------------
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            # Only ids come in the path, and no id is non-UTF-8: it cannot exist.
+            raise NotFound("not found") from None
+
     @classmethod
     def allowed_methods(cls) -> list[str]:
         """The HTTP methods this handler implements (for 405 and its Allow header)."""

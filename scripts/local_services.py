@@ -6,6 +6,7 @@ file in one directory, and is stopped by the pid it was started with.
 
     todo-local-services start [--dir var] [--mongo-port 27017] [--redis-port 6379]
     todo-local-services stop  [--dir var]
+    todo-local-services status [--dir var]
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -21,6 +22,7 @@ from scripts.common import script_settings
 from server.errors import ApiError
 from server.services import open_services
 from server.settings import Settings
+from server.todos import utc_now
 from server.validation import credentials
 
 
@@ -37,11 +39,16 @@ async def seed(
             creds = credentials({"username": username, "password": password}, new_account=True)
             created = await services.users.create(username=creds.username, password=creds.password)
             owner = ObjectId(created["id"])
+        # Todo number n is created at start + n ms: numbers and list order agree across batches.
+        start = utc_now() - timedelta(milliseconds=count)
         with tqdm(total=count, unit="todo", disable=not progress) as bar:
             for first in range(0, count, batch):
                 size = min(batch, count - first)
                 contents = [f"seeded todo {first + i + 1}" for i in range(size)]
-                bar.update(await services.todos.create_many(owner=owner, contents=contents))
+                newest = start + timedelta(milliseconds=first + size)
+                bar.update(await services.todos.create_many(
+                    owner=owner, contents=contents, newest=newest
+                ))
         return owner
     finally:
         await services.close()

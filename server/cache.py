@@ -12,15 +12,19 @@ the others poll Redis for the page it stores instead of querying MongoDB themsel
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 
 from server.redis_guard import RedisGuard
+
+log = logging.getLogger(__name__)
 
 SET_IF_VERSION = """
 if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
@@ -35,6 +39,17 @@ return 0
 """
 VERSION_TTL = 86400
 TTL_JITTER = 0.2
+
+
+async def _batches(keys: AsyncIterator[Any], size: int = 500) -> AsyncIterator[list[Any]]:
+    batch = []
+    async for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -59,6 +74,8 @@ class PageCache:
         self.misses = 0
         self._set_if_version = guard.client.register_script(SET_IF_VERSION)
         self._release_lock = guard.client.register_script(RELEASE_LOCK)
+        self._distrusted = False
+        guard.on_recovery(self._distrust_redis)
 
     def _keys(self, owner: str) -> tuple[str, str, str]:
         return (
@@ -77,6 +94,8 @@ class PageCache:
         for _attempt in range(3):
             found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
             if found is None:
+                return await load()
+            if self._distrusted:
                 return await load()
             page, version = found
             if page is not None:
@@ -138,14 +157,35 @@ class PageCache:
                 return None
         return None
 
+    def _distrust_redis(self) -> None:
+        # After an outage a write may have missed Redis (its instance can have died before
+        # replaying it), and which user it touched is unknown: forget every page.
+        self._distrusted = True
+        self.guard.spawn(self.drop_all_pages())
+
+    async def drop_all_pages(self) -> None:
+        """Delete every cached page; until done, pages are loaded from MongoDB."""
+
+        async def drop(client: Redis) -> int:
+            dropped = 0
+            async for keys in _batches(client.scan_iter(match=self.guard.key("page", "*"))):
+                dropped += await client.delete(*keys)
+            return dropped
+
+        dropped = await self.guard.run(drop, default=None)
+        if dropped is not None:
+            self._distrusted = False
+            log.info("dropped %d cached pages after a Redis outage", dropped)
+
     async def invalidate(self, owner: str) -> None:
         """Make the next read of `owner`'s first page come from MongoDB."""
         page_key, version_key, _lock_key = self._keys(owner)
 
         async def bump(client: Redis) -> None:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.incr(version_key)
-                pipe.expire(version_key, VERSION_TTL)
+                # A random version, unlike a counter, cannot come round to an old value again
+                # (after a Redis restart or the key's expiry) and revive an outdated page.
+                pipe.set(version_key, secrets.token_hex(8), ex=VERSION_TTL)
                 pipe.delete(page_key)
                 await pipe.execute()
 

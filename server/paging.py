@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidId
 
 from server.errors import BadRequest
 
@@ -49,5 +50,5 @@ def decode_cursor(token: str) -> Cursor:
             created_at=EPOCH + timedelta(milliseconds=int(millis)),
             todo_id=ObjectId(hex_id),
         )
-    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError, OverflowError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError, OverflowError, InvalidId):
         raise BadRequest("cursor is not valid; use the next link of a previous page") from None

@@ -3,7 +3,8 @@
 After a failure the guard stops asking Redis for a short cool-down, so an outage costs requests
 nothing (they go to MongoDB) instead of a timeout each. Writes that must reach Redis to keep it
 truthful (cache invalidations, token revocations) are queued as repairs and replayed, in order,
-before Redis is trusted again.
+before Redis is trusted again. When Redis answers again after a failure, recovery hooks run:
+they repair what another instance may have queued and lost (it may have died meanwhile).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RedisCall = Callable[[Redis], Awaitable[Any]]
+# Called inline, before the call that found Redis back returns its result: a hook can mark
+# what Redis holds as untrusted before anyone reads it, then repair it in the background.
+RecoveryHook = Callable[[], None]
 MAX_PENDING_REPAIRS = 10_000
+REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class RedisGuard:
@@ -32,9 +37,11 @@ class RedisGuard:
         self.cooldown = cooldown
         self.errors = 0
         self._down_until = 0.0
+        self._failed_since_success = False
         self._repairs: deque[RedisCall] = deque(maxlen=MAX_PENDING_REPAIRS)
         self._repair_lock = asyncio.Lock()
-        self._repair_task: asyncio.Task[None] | None = None
+        self._recovery_hooks: list[RecoveryHook] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -43,33 +50,49 @@ class RedisGuard:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    def on_recovery(self, hook: RecoveryHook) -> None:
+        """Call `hook()` each time Redis answers again after a failure."""
+        self._recovery_hooks.append(hook)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Background work that is cancelled at close and never lost to garbage collection."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self.available:
             log.warning("redis unavailable, serving without it for %.1fs: %s", self.cooldown, exc)
         self._down_until = time.monotonic() + self.cooldown
+        self._failed_since_success = True
+
+    def _succeeded(self) -> None:
+        if self._failed_since_success:
+            self._failed_since_success = False
+            log.info("redis answers again")
+            for hook in self._recovery_hooks:
+                hook()
 
     async def run(self, call: Callable[[Redis], Awaitable[T]], *, default: T) -> T:
         """`call(client)`, or `default` when Redis is failing or has unreplayed repairs."""
         if not self.available or not await self._replay_repairs():
             return default
         try:
-            return await call(self.client)
-        except (TimeoutError, RedisError, OSError) as exc:
+            result = await call(self.client)
+        except REDIS_FAILURES as exc:
             self._failed(exc)
             return default
+        self._succeeded()
+        return result
 
     async def must(self, call: RedisCall) -> None:
         """Run a write that Redis must eventually see; on failure it is queued and replayed."""
-        if self.available and await self._replay_repairs():
-            try:
-                await call(self.client)
-                return
-            except (TimeoutError, RedisError, OSError) as exc:
-                self._failed(exc)
+        if await self.run(lambda client: _done(call(client)), default=False):
+            return
         self._repairs.append(call)
-        if self._repair_task is None or self._repair_task.done():
-            self._repair_task = asyncio.create_task(self._repair_in_background())
+        if len(self._repairs) == 1:
+            self.spawn(self._repair_in_background())
 
     async def _replay_repairs(self) -> bool:
         """True when no repair is pending (replaying them first if needed)."""
@@ -79,11 +102,11 @@ class RedisGuard:
             while self._repairs:
                 try:
                     await self._repairs[0](self.client)
-                except (TimeoutError, RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     self._failed(exc)
                     return False
                 self._repairs.popleft()
-        log.info("redis is back; pending writes replayed")
+        self._succeeded()
         return True
 
     async def _repair_in_background(self) -> None:
@@ -93,12 +116,20 @@ class RedisGuard:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except (TimeoutError, RedisError, OSError) as exc:
+            await self.client.ping()
+        except REDIS_FAILURES as exc:
             self._failed(exc)
             return False
+        self._succeeded()
+        return True
 
     async def close(self) -> None:
-        if self._repair_task is not None:
-            self._repair_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
+
+
+async def _done(pending: Awaitable[Any]) -> bool:
+    await pending
+    return True

@@ -22,13 +22,12 @@ from server.users import UserStore
 
 
 def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:
-    """A client whose every operation gives up within mongo_timeout_ms: a 503, never a hang."""
-    timeout = settings.mongo_timeout_ms
+    """A client that gives up quickly on an unreachable server: a 503, never a hang."""
     return AsyncMongoClient(
         settings.mongo_uri,
-        serverSelectionTimeoutMS=timeout,
-        connectTimeoutMS=timeout,
-        timeoutMS=timeout,
+        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=settings.mongo_timeout_ms,
+        timeoutMS=settings.mongo_op_timeout_ms,
         # An acknowledged write is journaled on a majority: it survives a mongod crash.
         w="majority",
         journal=True,

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymongo import uri_parser
+from pymongo.errors import PyMongoError
+from redis.connection import parse_url as parse_redis_url
 from tornado.options import Error as OptionsError
 from tornado.options import OptionParser
 
@@ -40,7 +43,8 @@ class Settings:
     debug: bool = False
     token_ttl: int = 86400
     cache_ttl: int = 60
-    mongo_timeout_ms: int = 1500
+    mongo_timeout_ms: int = 1000
+    mongo_op_timeout_ms: int = 5000
     redis_timeout: float = 0.5
     redis_prefix: str = "todo:"
     max_body_size: int = 64 * 1024
@@ -72,8 +76,10 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "debug": (bool, "Tornado debug mode: autoreload and tracebacks in logs (TODO_DEBUG)"),
     "token_ttl": (int, "bearer token lifetime in seconds (TODO_TOKEN_TTL)"),
     "cache_ttl": (int, "first-page cache lifetime in seconds, before jitter (TODO_CACHE_TTL)"),
-    "mongo_timeout_ms": (int, "MongoDB server selection and operation timeout in ms "
-                              "(TODO_MONGO_TIMEOUT_MS)"),
+    "mongo_timeout_ms": (int, "how long to look for a reachable MongoDB (server selection "
+                              "and connect) before answering 503, in ms (TODO_MONGO_TIMEOUT_MS)"),
+    "mongo_op_timeout_ms": (int, "upper bound on one MongoDB operation, waiting for a pooled "
+                                 "connection included, in ms (TODO_MONGO_OP_TIMEOUT_MS)"),
     "redis_timeout": (float, "Redis connect and command timeout in seconds (TODO_REDIS_TIMEOUT)"),
     "redis_prefix": (str, "prefix of every Redis key this service writes (TODO_REDIS_PREFIX)"),
     "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),
@@ -93,11 +99,13 @@ def _joined_values(argv: Sequence[str]) -> list[str]:
             pending = None
             continue
         name = arg.lstrip("-").partition("=")[0].replace("-", "_")
-        takes_value = name == "conf" or OPTIONS.get(name, (bool, ""))[0] is not bool
-        if arg.startswith("--") and "=" not in arg and takes_value:
-            pending = arg
-        else:
+        is_flag = name in OPTIONS and OPTIONS[name][0] is bool
+        if not arg.startswith("--") or "=" in arg or name not in (*OPTIONS, "conf"):
             joined.append(arg)
+        elif is_flag:
+            joined.append(f"{arg}=true")  # a bare --debug switches it on
+        else:
+            pending = arg
     if pending is not None:
         joined.append(pending)  # tornado reports the missing value
     return joined
@@ -107,7 +115,8 @@ def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """Parse argv into the options given explicitly (absent ones stay out of the result)."""
     parser = OptionParser()
     for name, (kind, help_text) in OPTIONS.items():
-        parser.define(name, type=kind, default=None, help=help_text)
+        # Booleans are parsed by _parse_bool (tornado reads "--debug=no" as true).
+        parser.define(name, type=str if kind is bool else kind, default=None, help=help_text)
     parser.define("conf", type=str, default=None,
                   help="INI conf file with a [todo] section (TODO_CONF; default "
                        f"{DEFAULT_CONF_FILE} when it exists)")
@@ -120,7 +129,12 @@ def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
             raise SettingsError(f"{arg}: value of the wrong type") from None
         if rest:
             raise SettingsError(f"unexpected argument {arg!r}; options look like --port=8001")
-    given = {name: parser.as_dict()[name] for name in OPTIONS if parser.as_dict()[name] is not None}
+    given = {
+        name: _convert(name, value, f"--{name.replace('_', '-')}") if OPTIONS[name][0] is bool
+        else value
+        for name, value in parser.as_dict().items()
+        if name in OPTIONS and value is not None
+    }
     return given, parser.as_dict()["conf"]
 
 
@@ -130,7 +144,7 @@ def _conf_file(path: str | None, env: Mapping[str, str]) -> dict[str, str]:
         if not DEFAULT_CONF_FILE.exists():
             return {}
         chosen = str(DEFAULT_CONF_FILE)
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(chosen, encoding="utf-8") as handle:
             parser.read_file(handle)
@@ -139,6 +153,9 @@ def _conf_file(path: str | None, env: Mapping[str, str]) -> dict[str, str]:
     except configparser.Error as exc:
         raise SettingsError(f"conf file {chosen} is not valid INI: {exc.message}") from None
     if not parser.has_section("todo"):
+        if parser.sections():
+            raise SettingsError(f"conf file {chosen}: settings belong in a [todo] section, "
+                                f"found [{parser.sections()[0]}]")
         return {}
     values = dict(parser.items("todo"))
     unknown = sorted(set(values) - set(OPTIONS))
@@ -155,6 +172,19 @@ def _convert(name: str, raw: str, source: str) -> Any:
         raise SettingsError(f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
 
 
+def _check_urls(values: dict[str, Any]) -> None:
+    """Parse both URLs now, so a malformed one is a line at start-up, not a later traceback."""
+    try:
+        if values["mongo_uri"].startswith("mongodb://"):
+            uri_parser.parse_uri(values["mongo_uri"])
+    except (PyMongoError, ValueError) as exc:
+        raise SettingsError(f"mongo_uri is not a valid MongoDB URI: {exc}") from None
+    try:
+        parse_redis_url(values["redis_url"])  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise SettingsError(f"redis_url is not a valid Redis URL: {exc}") from None
+
+
 def _validate(values: dict[str, Any]) -> None:
     checks: list[tuple[bool, str]] = [
         (1 <= values["port"] <= 65535, f"port must be 1-65535, got {values['port']}"),
@@ -167,6 +197,8 @@ def _validate(values: dict[str, Any]) -> None:
         (values["token_ttl"] >= 60, "token_ttl must be at least 60 seconds"),
         (values["cache_ttl"] >= 1, "cache_ttl must be at least 1 second"),
         (values["mongo_timeout_ms"] >= 100, "mongo_timeout_ms must be at least 100"),
+        (values["mongo_op_timeout_ms"] >= values["mongo_timeout_ms"],
+         "mongo_op_timeout_ms must be at least mongo_timeout_ms"),
         (values["redis_timeout"] > 0, "redis_timeout must be positive"),
         (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
         (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
@@ -174,6 +206,7 @@ def _validate(values: dict[str, Any]) -> None:
     for ok, message in checks:
         if not ok:
             raise SettingsError(message)
+    _check_urls(values)
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -79,15 +79,17 @@ class TodoStore:
         await self.cache.invalidate(str(owner))
         return public_todo(doc)
 
-    async def create_many(self, *, owner: ObjectId, contents: list[str]) -> int:
-        """Insert a batch in one round trip, newest last, one millisecond apart."""
-        now = utc_now()
+    async def create_many(
+        self, *, owner: ObjectId, contents: list[str], newest: datetime | None = None
+    ) -> int:
+        """Insert a batch in one round trip, one millisecond apart, the last at `newest`."""
+        newest = newest or utc_now()
         count = len(contents)
         docs = [
             {
                 "owner": owner,
                 "content": content,
-                "created_at": now - timedelta(milliseconds=count - i),
+                "created_at": newest - timedelta(milliseconds=count - 1 - i),
                 "is_finished": False,
                 "finished_at": None,
             }

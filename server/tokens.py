@@ -9,7 +9,6 @@ marker is rebuilt from MongoDB.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -17,18 +16,24 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from server.errors import Unauthorized
 from server.redis_guard import RedisGuard
 
 log = logging.getLogger(__name__)
+# How long Redis's copy of the revocations is trusted before it is rebuilt from MongoDB: the
+# bound on how long a logout that never reached Redis (its instance died during a Redis outage)
+# can go unseen by an instance that did not notice the outage.
+SYNCED_TTL = 30
 INVALID_TOKEN = "missing, invalid, expired or revoked bearer token"  # noqa: S105
 
 
@@ -57,7 +62,9 @@ class TokenService:
         self.ttl = ttl
         self.guard = guard
         self.revoked = db["revoked_tokens"]
-        self._resync: asyncio.Task[None] | None = None
+        self._resyncing = False
+        self._synced_once = False
+        guard.on_recovery(self._distrust_redis)
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
@@ -70,11 +77,13 @@ class TokenService:
     def _decode(self, token: str) -> Principal:
         try:
             payload, signature = token.split(".")
-            if not hmac.compare_digest(signature, self._sign(payload)):
+            # compare_digest refuses non-ASCII str; header values can be any latin-1 text.
+            expected = self._sign(payload).encode("ascii")
+            if not hmac.compare_digest(signature.encode("latin-1", "replace"), expected):
                 raise Unauthorized(INVALID_TOKEN)
             user_id, token_id, expires_at = _unb64(payload).decode("ascii").split(".")
             principal = Principal(ObjectId(user_id), token_id, int(expires_at))
-        except (ValueError, binascii.Error, UnicodeError):
+        except (ValueError, binascii.Error, UnicodeError, TypeError):
             raise Unauthorized(INVALID_TOKEN) from None
         if principal.expires_at <= time.time():
             raise Unauthorized(INVALID_TOKEN)
@@ -85,12 +94,12 @@ class TokenService:
         revoked_key = self.guard.key("revoked", principal.token_id)
         synced_key = self.guard.key("revocations-synced")
         found = await self.guard.run(lambda r: r.mget(revoked_key, synced_key), default=None)
-        if found is not None and found[1] is not None:
+        if found is not None and found[1] is not None and self._synced_once:
             revoked = found[0] is not None
         else:
             revoked = await self.revoked.find_one({"_id": principal.token_id}) is not None
-            if found is not None:
-                self._start_resync()
+            if found is not None and not self._resyncing:
+                self.guard.spawn(self._copy_revocations_to_redis())
         if revoked:
             raise Unauthorized(INVALID_TOKEN)
         return principal
@@ -110,25 +119,47 @@ class TokenService:
 
         await self.guard.must(mark)
 
-    def _start_resync(self) -> None:
-        if self._resync is None or self._resync.done():
-            self._resync = asyncio.create_task(self._copy_revocations_to_redis())
+    def _distrust_redis(self) -> None:
+        self._synced_once = False
+        self.guard.spawn(self._copy_revocations_to_redis())
 
     async def _copy_revocations_to_redis(self) -> None:
-        """Rebuild Redis's copy of every unexpired revocation, then mark it complete."""
-        now = datetime.now(UTC)
-        entries = []
-        async for doc in self.revoked.find({"expires_at": {"$gt": now}}):
-            seconds = int((doc["expires_at"].replace(tzinfo=UTC) - now).total_seconds())
-            entries.append((self.guard.key("revoked", doc["_id"]), max(1, seconds)))
+        """Rebuild Redis's copy of every unexpired revocation, then mark it complete.
 
-        async def copy(client: Redis) -> bool:
-            async with client.pipeline(transaction=False) as pipe:
-                for key, seconds in entries:
-                    pipe.set(key, b"1", ex=seconds)
-                pipe.set(self.guard.key("revocations-synced"), b"1")
-                await pipe.execute()
-            return True
+        Runs on this instance's first check, when the marker is missing or expired, and when
+        Redis answers again after an outage (a logout may have missed it meanwhile).
+        """
+        if self._resyncing:
+            return
+        self._resyncing = True
+        try:
+            synced_key = self.guard.key("revocations-synced")
+            # Until the copy is complete, every instance asks MongoDB.
+            if not await self.guard.run(lambda r: _done(r.delete(synced_key)), default=False):
+                return
+            now = datetime.now(UTC)
+            entries = []
+            async for doc in self.revoked.find({"expires_at": {"$gt": now}}):
+                seconds = int((doc["expires_at"] - now).total_seconds())
+                entries.append((self.guard.key("revoked", doc["_id"]), max(1, seconds)))
 
-        if await self.guard.run(copy, default=False):
-            log.info("copied %d token revocations from MongoDB to Redis", len(entries))
+            async def copy(client: Redis) -> bool:
+                async with client.pipeline(transaction=False) as pipe:
+                    for key, seconds in entries:
+                        pipe.set(key, b"1", ex=seconds)
+                    pipe.set(synced_key, b"1", ex=SYNCED_TTL)
+                    await pipe.execute()
+                return True
+
+            if await self.guard.run(copy, default=False):
+                self._synced_once = True
+                log.info("copied %d token revocations from MongoDB to Redis", len(entries))
+        except PyMongoError as exc:
+            log.warning("could not copy token revocations to Redis: %s", exc)
+        finally:
+            self._resyncing = False
+
+
+async def _done(pending: Awaitable[Any]) -> bool:
+    await pending
+    return True

@@ -69,11 +69,15 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise UnsupportedMediaType("Content-Type must be application/json")
     try:
         value = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not valid UTF-8") from None
+        # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        raise BadRequest("request body is not valid UTF-8 (or holds a lone surrogate)") from None
     except json.JSONDecodeError as exc:
         message = f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
         raise BadRequest(message) from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
@@ -113,10 +117,10 @@ def parse_fields(body: bytes, headers: httputil.HTTPHeaders) -> dict[str, Any]:
     )
 
 
-def _reject_unknown(fields: Mapping[str, Any], allowed: set[str]) -> None:
+def _reject_unknown(fields: Mapping[str, Any], allowed: set[str], noun: str = "field") -> None:
     unknown = sorted(set(fields) - allowed)
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise BadRequest(f"unknown {noun} {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
 def _content(value: Any) -> str:
@@ -164,14 +168,14 @@ def credentials(fields: Mapping[str, Any], *, new_account: bool) -> Credentials:
 
 
 def _int_argument(name: str, raw: str, low: int, high: int) -> int:
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
 
 def list_query(arguments: Mapping[str, list[bytes]]) -> ListQuery:
     """`?start=&limit=&finished=&cursor=`; anything else (like `finished[$ne]`) is refused."""
-    _reject_unknown(arguments, {"start", "limit", "finished", "cursor"})
+    _reject_unknown(arguments, {"start", "limit", "finished", "cursor"}, "query parameter")
     values: dict[str, str] = {}
     for name, raw in arguments.items():
         if len(raw) != 1:

@@ -7,6 +7,7 @@ servers of your own instead (nothing outside the test's database and prefix is t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 from pymongo import monitoring
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
@@ -30,6 +32,18 @@ from server.services import Services, mongo_client, open_services
 from server.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture
+def io_loop() -> Iterator[IOLoop]:
+    """Replaces pytest-tornado's fixture, whose deprecated clear_current() leaves a new
+    unclosed asyncio loop behind: one asyncio loop per test, closed and unset afterwards."""
+    asyncio_loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(asyncio_loop)
+    loop = IOLoop.current()
+    yield loop
+    loop.close(all_fds=True)
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +76,6 @@ def make_settings(mongo_uri: str, redis_url: str, **overrides: Any) -> Settings:
         "db_name": f"todo_test_{name}",
         "redis_prefix": f"todo-test:{name}:",
         "secret": TEST_SECRET,
-        "mongo_timeout_ms": 1500,
     }
     values.update(overrides)
     return Settings(**values)

@@ -54,7 +54,7 @@ def instance(mongo_uri: str, redis_url: str) -> Iterator[tuple[subprocess.Popen[
 
 
 async def wait_until_healthy(api: Api) -> None:
-    for _ in range(200):
+    for _ in range(600):
         try:
             if (await api.get("/healthz", request_timeout=2)).status == 200:
                 return

@@ -48,7 +48,8 @@ def test_seed_creates_the_user_and_inserts_in_batches(server_args, mongo_uri, ca
         user = db.users.find_one({"username": "seeder"})
         assert db.todos.count_documents({"owner": user["_id"]}) == 2500
         newest = db.todos.find({"owner": user["_id"]}).sort([("created_at", -1), ("_id", -1)])
-        assert newest.limit(1).next()["content"] == "seeded todo 2500"
+        numbers = [int(doc["content"].rsplit(" ", 1)[1]) for doc in newest]
+        assert numbers == list(range(2500, 0, -1))  # list order follows the numbering
     seed.main(["--username=seeder", "--count=10", *args])  # the user exists: no password
     with MongoClient(mongo_uri) as client:
         assert client[db_name].todos.count_documents({}) == 2510

@@ -68,6 +68,10 @@ def test_dashed_options_and_boolean_flags(tmp_path):
         (["--token-ttl=5"], {}, "token_ttl"),
         (["--secret=short"], {}, "secret must be at least 32 characters"),
         (["--no-such-option=1"], {}, "Unrecognized command line option"),
+        (["--debug=perhaps"], {}, "--debug: debug must be bool"),
+        (["--mongo-uri=mongodb://127.0.0.1:abc"], {}, "mongo_uri is not a valid MongoDB URI"),
+        (["--redis-url=redis://127.0.0.1:abc/0"], {}, "redis_url is not a valid Redis URL"),
+        (["--mongo-timeout-ms=2000", "--mongo-op-timeout-ms=1000"], {}, "mongo_op_timeout_ms"),
     ],
 )
 def test_a_bad_setting_is_one_clear_line(tmp_path, argv, env, message):
@@ -86,11 +90,28 @@ def test_a_bad_setting_is_one_clear_line(tmp_path, argv, env, message):
         ("[todo]\nportt = 1\n", "unknown setting 'portt'"),
         ("not ini at all", "is not valid INI"),
         ("[todo]\ncache_ttl = soon\n", "cache_ttl must be int"),
+        ("[Todo]\nport = 8005\n", r"settings belong in a \[todo\] section, found \[Todo\]"),
     ],
 )
 def test_a_bad_conf_file_is_one_clear_line(tmp_path, conf_text, message):
     with pytest.raises(SettingsError, match=message):
         load_settings([f"--secret={SECRET}"], env={"TODO_CONF": write_conf(tmp_path, conf_text)})
+
+
+def test_booleans_mean_the_same_from_every_source(tmp_path):
+    conf = write_conf(tmp_path, "[todo]\nxheaders = off\n")
+    env = {"TODO_CONF": conf, "TODO_SECRET": SECRET}
+    assert load_settings(["--debug=no"], env=env).debug is False
+    assert load_settings(["--debug=yes"], env=env).debug is True
+    assert load_settings([], env={**env, "TODO_DEBUG": "off"}).debug is False
+    assert load_settings([], env=env).xheaders is False
+
+
+def test_a_percent_sign_in_the_conf_file_is_taken_literally(tmp_path):
+    conf = write_conf(tmp_path, "[todo]\nredis_prefix = todo%1:\n")
+    assert load_settings([], env={"TODO_CONF": conf, "TODO_SECRET": SECRET}).redis_prefix == (
+        "todo%1:"
+    )
 
 
 def test_a_missing_conf_file_is_named(tmp_path):
