@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from types import TracebackType
 from typing import Any
 
@@ -10,8 +11,10 @@ from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from server import logs
 from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
 from server.inflight import InFlight
+from server.metrics import Metrics
 from server.services import Services
 from server.todos import TodoStore
 from server.tokens import INVALID_TOKEN, Principal
@@ -38,6 +41,9 @@ class APIHandler(RequestHandler):
         self._body_size = 0
         self._tracked = True
         self.in_flight.started()
+        # Set before Tornado creates the task that runs this request, which copies the
+        # context: every line logged while handling it carries the id.
+        logs.current_request_id.set(self.request_id)
 
     # -- dependencies, read from the application settings -------------------------------
     @property
@@ -49,6 +55,11 @@ class APIHandler(RequestHandler):
     def in_flight(self) -> InFlight:
         tracker: InFlight = self.settings["in_flight"]
         return tracker
+
+    @property
+    def metrics(self) -> Metrics:
+        metrics: Metrics = self.settings["metrics"]
+        return metrics
 
     @property
     def todos(self) -> TodoStore:
@@ -64,6 +75,15 @@ class APIHandler(RequestHandler):
         return self.principal.user_id
 
     # -- request life cycle --------------------------------------------------------------
+    @cached_property
+    def request_id(self) -> str:
+        """nginx's X-Request-ID when it is sane, else a fresh id (also for direct callers)."""
+        return logs.request_id_from(self.request.headers.get("X-Request-ID"))
+
+    def set_default_headers(self) -> None:
+        # clear() calls this, send_error() included: error replies carry the id too.
+        self.set_header("X-Request-ID", self.request_id)
+
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         try:
             return value.decode("utf-8")
@@ -147,6 +167,8 @@ class APIHandler(RequestHandler):
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if isinstance(value, PyMongoError):
+            self.metrics.mongo_error(unavailable=database_unavailable(value))
         if isinstance(value, ApiError) and value.status < 500:
             return  # the client's mistake: the access log line is enough
         if isinstance(value, ApiError) or database_unavailable(value):

@@ -18,13 +18,20 @@ class TodoListHandler(APIHandler):
         self.write({"data": page.todos, "next": self._next_link(query, page.next_cursor)})
 
     async def post(self) -> None:
-        """Create a todo from the form field `content` or a JSON `{"content"}` body."""
+        """Create a todo from `content` (form or JSON); a repeated Idempotency-Key replays."""
+        key = validation.idempotency_key(self.request.headers)
         fields = validation.parse_fields(self.body, self.request.headers)
         new = validation.todo_create(fields)
-        todo = await self.todos.create(owner=self.user_id, content=new.content)
+        created = await self.todos.create(
+            owner=self.user_id, content=new.content, idempotency_key=key
+        )
+        # A replay answers exactly as the first request did (201 + Location), so a client
+        # retrying after a lost reply needs no second code path; the header tells them apart.
         self.set_status(201)
-        self.set_header("Location", f"/todo/{todo['id']}")
-        self.write(todo)
+        self.set_header("Location", f"/todo/{created.todo['id']}")
+        if created.replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        self.write(created.todo)
 
     def _next_link(self, query: ListQuery, cursor: str | None) -> str | None:
         if cursor is None:

@@ -87,7 +87,7 @@ class LocalServer:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def start(self, timeout: float = 60.0) -> int:
         """Start detached (surviving the caller) and wait until the port answers."""
@@ -128,7 +128,7 @@ class LocalServer:
         self.pid_file.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """True while `pid` runs; an exited child nobody has reaped yet (a zombie) counts as gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -146,7 +146,7 @@ def _wait_for_exit(pid: int, process: subprocess.Popen[bytes] | None, timeout: f
             return False
         return True
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

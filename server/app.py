@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from tornado.web import Application
+from tornado.web import Application, RequestHandler
 
-from handlers import accounts, health, todos
+from handlers import accounts, health, metrics, todos
 from handlers.base import NotFoundHandler
+from server import logs
 from server.inflight import InFlight
+from server.metrics import Metrics
 from server.services import Services
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
 
 
+def request_finished(metrics: Metrics, handler: RequestHandler) -> None:
+    """Tornado's log_function: the one place that sees every finished request."""
+    route = metrics.route_of(handler)
+    logs.log_access(handler, route)
+    metrics.observe(handler, route)
+
+
 def make_app(services: Services) -> Application:
-    routes = [*todos.default_handlers, *accounts.default_handlers, *health.default_handlers]
+    routes = [
+        *todos.default_handlers,
+        *accounts.default_handlers,
+        *health.default_handlers,
+        *metrics.default_handlers,
+    ]
+    instance_metrics = Metrics(services, routes)
     return Application(
         routes,
         services=services,
         in_flight=InFlight(),
+        metrics=instance_metrics,
+        log_function=partial(request_finished, instance_metrics),
         openapi_spec=OPENAPI_FILE.read_bytes(),
         default_handler_class=NotFoundHandler,
         debug=services.settings.debug,

@@ -75,6 +75,7 @@ class PageCache:
         self._set_if_version = guard.client.register_script(SET_IF_VERSION)
         self._release_lock = guard.client.register_script(RELEASE_LOCK)
         self._distrusted = False
+        self._dropping = False
         guard.on_recovery(self._distrust_redis)
 
     def _keys(self, owner: str) -> tuple[str, str, str]:
@@ -161,10 +162,21 @@ class PageCache:
         # After an outage a write may have missed Redis (its instance can have died before
         # replaying it), and which user it touched is unknown: forget every page.
         self._distrusted = True
-        self.guard.spawn(self.drop_all_pages())
+        if not self._dropping:
+            self._dropping = True
+            self.guard.spawn(self._drop_until_done())
 
-    async def drop_all_pages(self) -> None:
-        """Delete every cached page; until done, pages are loaded from MongoDB."""
+    async def _drop_until_done(self) -> None:
+        try:
+            while True:
+                if await self.drop_all_pages():
+                    return
+                await asyncio.sleep(self.guard.cooldown)
+        finally:
+            self._dropping = False
+
+    async def drop_all_pages(self) -> bool:
+        """Delete every cached page (True once done); until then pages come from MongoDB."""
 
         async def drop(client: Redis) -> int:
             dropped = 0
@@ -173,9 +185,11 @@ class PageCache:
             return dropped
 
         dropped = await self.guard.run(drop, default=None)
-        if dropped is not None:
-            self._distrusted = False
-            log.info("dropped %d cached pages after a Redis outage", dropped)
+        if dropped is None:
+            return False
+        self._distrusted = False
+        log.info("dropped %d cached pages after a Redis outage", dropped)
+        return True
 
     async def invalidate(self, owner: str) -> None:
         """Make the next read of `owner`'s first page come from MongoDB."""

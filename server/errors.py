@@ -33,5 +33,11 @@ class UnsupportedMediaType(ApiError):
     status = 415
 
 
+class UnprocessableContent(ApiError):
+    """Well-formed, but contradicting an earlier request: an Idempotency-Key reused."""
+
+    status = 422
+
+
 class ServiceUnavailable(ApiError):
     status = 503

@@ -8,7 +8,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.todos import LIST_ORDER
+from server.todos import IDEMPOTENCY_KEY, LIST_ORDER
 
 INDEXES: dict[str, list[IndexModel]] = {
     "todos": [
@@ -19,6 +19,11 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("is_finished", ASCENDING),
                     ("created_at", DESCENDING), ("_id", DESCENDING)],
                    name="owner_finished_created_at"),
+        # One todo per Idempotency-Key and user, even for requests racing on several instances.
+        # Partial: keyless todos hold no key and are not indexed, so they never collide.
+        IndexModel([("owner", ASCENDING), (IDEMPOTENCY_KEY, ASCENDING)], unique=True,
+                   partialFilterExpression={IDEMPOTENCY_KEY: {"$exists": True}},
+                   name="owner_idempotency_key"),
     ],
     "users": [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")],
     # Revocations disappear once the token they revoke has expired anyway.

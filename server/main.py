@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tornado.httpserver import HTTPServer
 
+from server import logs
 from server.app import make_app
 from server.inflight import InFlight
 from server.services import open_services
@@ -76,11 +77,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except SettingsError as exc:
         sys.exit(f"todo-server: {exc}")
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    # stderr, which supervisor folds into the instance's rotated log (redirect_stderr).
+    stop_logging = logs.install(
+        level=logging.DEBUG if settings.debug else logging.INFO, stream=sys.stderr
     )
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:
+        stop_logging()
         sys.exit(f"todo-server: {exc}")
+    stop_logging()

@@ -85,7 +85,9 @@ def open_services(
     mongo = mongo or mongo_client(settings)
     guard = RedisGuard(redis or redis_client(settings), prefix=settings.redis_prefix)
     db = mongo[settings.db_name]
-    cache = PageCache(guard, ttl=settings.cache_ttl)
+    # The lock outlives the slowest MongoDB load, so waiters never give up on a live loader.
+    lock_ttl = settings.mongo_op_timeout_ms / 1000 + 1
+    cache = PageCache(guard, ttl=settings.cache_ttl, lock_ttl=lock_ttl)
     return Services(
         settings=settings,
         mongo=mongo,

@@ -1,7 +1,13 @@
-"""Todo data access: every query is scoped to its owner, and every write invalidates the cache."""
+"""Todo data access: every query is scoped to its owner, and every write invalidates the cache.
+
+Idempotent create: a todo made with an `Idempotency-Key` stores the key and a hash of the
+request. A unique partial index on (owner, idempotency_key) lets exactly one of any number of
+racing requests insert, on whichever instances they run; the others read the todo it made.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,14 +16,20 @@ from typing import Any
 from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from server.cache import PageCache
-from server.errors import NotFound
+from server.errors import Conflict, NotFound, UnprocessableContent
 from server.paging import encode_cursor
 from server.validation import ListQuery, TodoUpdate
 
 LIST_ORDER = [("created_at", DESCENDING), ("_id", DESCENDING)]
-PUBLIC_FIELDS = {"owner": False}
+IDEMPOTENCY_KEY = "idempotency_key"
+IDEMPOTENCY_HASH = "idempotency_hash"
+# Private fields stay in MongoDB: reads do not even fetch them.
+PUBLIC_FIELDS = {"owner": False, IDEMPOTENCY_KEY: False, IDEMPOTENCY_HASH: False}
+# Each extra attempt needs the todo holding the key to be deleted between our insert and read.
+CREATE_ATTEMPTS = 3
 
 
 def utc_now() -> datetime:
@@ -42,6 +54,38 @@ def public_todo(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def request_hash(content: str) -> str:
+    """What makes a repeated create "the same request": its validated content.
+
+    Kept apart from `content`, which a PATCH may change, so that a late retry of the original
+    request is still recognised. A hash, so a 1000-character content is not stored twice.
+    """
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def new_todo(owner: ObjectId, content: str, idempotency_key: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": ObjectId(),
+        "owner": owner,
+        "content": content,
+        "created_at": utc_now(),
+        "is_finished": False,
+        "finished_at": None,
+    }
+    # Only keyed todos get these fields: the unique index is partial on the key existing, so
+    # any number of keyless todos never collide (a stored None would).
+    if idempotency_key is not None:
+        doc[IDEMPOTENCY_KEY] = idempotency_key
+        doc[IDEMPOTENCY_HASH] = request_hash(content)
+    return doc
+
+
+@dataclass(frozen=True)
+class Created:
+    todo: dict[str, Any]
+    replayed: bool  # an earlier request with the same Idempotency-Key created it
+
+
 @dataclass(frozen=True)
 class Page:
     todos: list[dict[str, Any]]
@@ -56,6 +100,12 @@ class Page:
         return cls(todos=value["data"], next_cursor=value["next_cursor"])
 
 
+def _key_pattern(exc: DuplicateKeyError) -> dict[str, Any]:
+    """The fields of the unique index that refused the insert."""
+    pattern: dict[str, Any] = (exc.details or {}).get("keyPattern") or {}
+    return pattern
+
+
 def _finished_at_when(finished: bool, now: datetime) -> Any:
     # Finishing twice keeps the first finished_at; un-finishing clears it.
     return {"$ifNull": ["$finished_at", now]} if finished else None
@@ -66,18 +116,38 @@ class TodoStore:
         self.collection = db["todos"]
         self.cache = cache
 
-    async def create(self, *, owner: ObjectId, content: str) -> dict[str, Any]:
-        doc = {
-            "_id": ObjectId(),
-            "owner": owner,
-            "content": content,
-            "created_at": utc_now(),
-            "is_finished": False,
-            "finished_at": None,
-        }
-        await self.collection.insert_one(doc)
+    async def create(
+        self, *, owner: ObjectId, content: str, idempotency_key: str | None = None
+    ) -> Created:
+        """A new todo; with a key already used by `owner`, the todo that key created."""
+        doc = new_todo(owner, content, idempotency_key)
+        for _attempt in range(CREATE_ATTEMPTS):
+            try:
+                await self.collection.insert_one(doc)
+            except DuplicateKeyError as exc:
+                if idempotency_key is None or IDEMPOTENCY_KEY not in _key_pattern(exc):
+                    raise
+                earlier = await self._replay(owner, idempotency_key, doc[IDEMPOTENCY_HASH])
+                if earlier is not None:
+                    return earlier
+                continue  # deleted since our insert failed: the key is free again
+            await self.cache.invalidate(str(owner))
+            return Created(public_todo(doc), replayed=False)
+        raise Conflict("the todo of this Idempotency-Key is being deleted; retry the request")
+
+    async def _replay(self, owner: ObjectId, key: str, hashed: str) -> Created | None:
+        doc = await self.collection.find_one({"owner": owner, IDEMPOTENCY_KEY: key})
+        if doc is None:
+            return None
+        if doc[IDEMPOTENCY_HASH] != hashed:
+            raise UnprocessableContent(
+                "this Idempotency-Key was already used for a different request"
+                " (another content); use a new key for a new todo"
+            )
+        # Invalidate again: the first attempt may have died between its insert and its
+        # invalidation, the very failure a retry recovers from. Otherwise it is harmless.
         await self.cache.invalidate(str(owner))
-        return public_todo(doc)
+        return Created(public_todo(doc), replayed=True)
 
     async def create_many(
         self, *, owner: ObjectId, contents: list[str], newest: datetime | None = None

@@ -9,6 +9,7 @@ marker is rebuilt from MongoDB.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -63,6 +64,7 @@ class TokenService:
         self.guard = guard
         self.revoked = db["revoked_tokens"]
         self._resyncing = False
+        self._clear_marker_pending = False
         self._synced_once = False
         guard.on_recovery(self._distrust_redis)
 
@@ -98,8 +100,8 @@ class TokenService:
             revoked = found[0] is not None
         else:
             revoked = await self.revoked.find_one({"_id": principal.token_id}) is not None
-            if found is not None and not self._resyncing:
-                self.guard.spawn(self._copy_revocations_to_redis())
+            if found is not None:
+                self._start_resync(clear_marker=False)
         if revoked:
             raise Unauthorized(INVALID_TOKEN)
         return principal
@@ -120,44 +122,67 @@ class TokenService:
         await self.guard.must(mark)
 
     def _distrust_redis(self) -> None:
+        """Redis answers again after an outage: a logout may have missed it meanwhile."""
         self._synced_once = False
-        self.guard.spawn(self._copy_revocations_to_redis())
+        self._start_resync(clear_marker=True)
 
-    async def _copy_revocations_to_redis(self) -> None:
-        """Rebuild Redis's copy of every unexpired revocation, then mark it complete.
+    def _start_resync(self, *, clear_marker: bool) -> None:
+        self._clear_marker_pending |= clear_marker
+        if not self._resyncing:
+            self._resyncing = True
+            self.guard.spawn(self._resync_until_done())
 
-        Runs on this instance's first check, when the marker is missing or expired, and when
-        Redis answers again after an outage (a logout may have missed it meanwhile).
-        """
-        if self._resyncing:
-            return
-        self._resyncing = True
+    async def _resync_until_done(self) -> None:
+        """Copy the revocations to Redis, retrying (once per cool-down) until it succeeds."""
         try:
-            synced_key = self.guard.key("revocations-synced")
-            # Until the copy is complete, every instance asks MongoDB.
-            if not await self.guard.run(lambda r: _done(r.delete(synced_key)), default=False):
-                return
-            now = datetime.now(UTC)
-            entries = []
-            async for doc in self.revoked.find({"expires_at": {"$gt": now}}):
-                seconds = int((doc["expires_at"] - now).total_seconds())
-                entries.append((self.guard.key("revoked", doc["_id"]), max(1, seconds)))
-
-            async def copy(client: Redis) -> bool:
-                async with client.pipeline(transaction=False) as pipe:
-                    for key, seconds in entries:
-                        pipe.set(key, b"1", ex=seconds)
-                    pipe.set(synced_key, b"1", ex=SYNCED_TTL)
-                    await pipe.execute()
-                return True
-
-            if await self.guard.run(copy, default=False):
-                self._synced_once = True
-                log.info("copied %d token revocations from MongoDB to Redis", len(entries))
-        except PyMongoError as exc:
-            log.warning("could not copy token revocations to Redis: %s", exc)
+            while True:
+                clear_marker, self._clear_marker_pending = self._clear_marker_pending, False
+                if await self._copy_revocations_to_redis(clear_marker=clear_marker):
+                    if not self._clear_marker_pending:
+                        return
+                else:
+                    self._clear_marker_pending |= clear_marker
+                    await asyncio.sleep(self.guard.cooldown)
         finally:
             self._resyncing = False
+
+    async def _copy_revocations_to_redis(self, *, clear_marker: bool) -> bool:
+        """Rebuild Redis's copy of every unexpired revocation, then mark it complete.
+
+        Runs on this instance's first check, when the marker is missing or expired, and (with
+        `clear_marker`, so that every instance asks MongoDB until the copy is complete) when
+        Redis answers again after an outage. Only that case deletes the marker: deleting it
+        on every rebuild would make instances rebuild in turn forever.
+        """
+        synced_key = self.guard.key("revocations-synced")
+        if clear_marker and not await self.guard.run(
+            lambda r: _done(r.delete(synced_key)), default=False
+        ):
+            return False
+        now = datetime.now(UTC)
+        try:
+            entries = [
+                (self.guard.key("revoked", doc["_id"]),
+                 max(1, int((doc["expires_at"] - now).total_seconds())))
+                async for doc in self.revoked.find({"expires_at": {"$gt": now}})
+            ]
+        except PyMongoError as exc:
+            log.warning("could not read token revocations from MongoDB: %s", exc)
+            return False
+
+        async def copy(client: Redis) -> bool:
+            async with client.pipeline(transaction=False) as pipe:
+                for key, seconds in entries:
+                    pipe.set(key, b"1", ex=seconds)
+                pipe.set(synced_key, b"1", ex=SYNCED_TTL)
+                await pipe.execute()
+            return True
+
+        if not await self.guard.run(copy, default=False):
+            return False
+        self._synced_once = True
+        log.debug("copied %d token revocations from MongoDB to Redis", len(entries))
+        return True
 
 
 async def _done(pending: Awaitable[Any]) -> bool:

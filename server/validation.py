@@ -25,6 +25,10 @@ USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Printable ASCII, space included (Tornado has already trimmed spaces around the value).
+IDEMPOTENCY_KEY_PATTERN = re.compile(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,22 @@ def list_query(arguments: Mapping[str, list[bytes]]) -> ListQuery:
         finished=None if finished is None else finished == "true",
         cursor=decode_cursor(values["cursor"]) if "cursor" in values else None,
     )
+
+
+def idempotency_key(headers: httputil.HTTPHeaders) -> str | None:
+    """The optional `Idempotency-Key` header, used verbatim (case and quotes kept)."""
+    values = headers.get_list(IDEMPOTENCY_HEADER)
+    if not values:
+        return None
+    # Two header lines would be two keys: which one the client meant is anybody's guess.
+    if len(values) > 1:
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be given once")
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(values[0]):
+        raise BadRequest(
+            f"{IDEMPOTENCY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII"
+            " characters"
+        )
+    return values[0]
 
 
 def object_id(raw: str) -> ObjectId:

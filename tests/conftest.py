@@ -212,7 +212,8 @@ class Api:
         )
         if response.code == 599:
             raise ConnectionError(f"{method} {path}: {response.error}")
-        parsed = json.loads(response.body) if response.body else None
+        is_json = "json" in response.headers.get("Content-Type", "")
+        parsed = json.loads(response.body) if response.body and is_json else None
         return Reply(response.code, response.headers, response.body or b"", parsed)
 
     async def get(self, path: str, **kwargs: Any) -> Reply:

@@ -1,0 +1,21 @@
+"""This instance's Prometheus metrics, for a scraper on loopback (nginx does not expose them)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .base import APIHandler
+
+
+class MetricsHandler(APIHandler):
+    requires_auth = False
+
+    def get(self) -> None:
+        """Request counts and latencies, cache and dependency errors, in Prometheus text."""
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(self.metrics.exposition())
+
+
+default_handlers = [
+    (r"/metrics", MetricsHandler),
+]

@@ -1,0 +1,312 @@
+"""The production topology, for real: supervisord, mongod, redis-server, two Tornado instances
+and nginx, started by `todo-stack up` on free loopback ports, exercised through nginx."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from scripts import stack
+from scripts.local_services import alive, free_port
+from tests.conftest import Api, error_of
+from tests.stack_load import Load
+
+
+def consecutive_free_ports(count: int) -> int:
+    for _ in range(100):
+        base = free_port()
+        if all(not stack.port_in_use(base + i) for i in range(count)) and base + count < 65536:
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackConfig]:
+    config = stack.StackConfig(
+        var=str(tmp_path_factory.mktemp("stack") / "var"), instances=2,
+        base_port=consecutive_free_ports(2), http_port=free_port(), https_port=free_port(),
+        mongo_port=free_port(), redis_port=free_port(), db_name="todo_stack_test",
+        rate_limit=20, rate_limit_burst=20,
+    )
+    stack.up(config)
+    yield config
+    stack.down(config)
+
+
+@pytest.fixture
+def api(cfg: stack.StackConfig) -> Iterator[Api]:
+    client = Api(cfg.base_url)
+    yield client
+    client.close()
+
+
+def instance_pid(cfg: stack.StackConfig, port: int) -> int:
+    return int(stack.Supervisor(cfg).ctl("pid", f"todo:todo_{port}").strip())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_api_works_through_nginx_over_http_and_https(cfg, api):
+    token = await api.register("through_nginx")
+    created = await api.post("/todo", token=token, body="content=via+nginx",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert created.status == 201
+    assert created.headers["Location"] == f"/todo/{created.json['id']}"
+
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(HTTPRequest(
+            f"https://127.0.0.1:{cfg.https_port}/todo", validate_cert=False,
+            headers={"Authorization": f"Bearer {token}"},
+        ))
+    finally:
+        client.close()
+    assert [t["content"] for t in json.loads(response.body)["data"]] == ["via nginx"]
+
+
+def test_https_speaks_http2_and_modern_tls_only(cfg):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (socket.create_connection(("127.0.0.1", cfg.https_port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname="localhost") as tls):
+        assert tls.selected_alpn_protocol() == "h2"
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():  # asking for TLS 1.1 on purpose: nginx must refuse it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with (socket.create_connection(("127.0.0.1", cfg.https_port), timeout=5) as raw,
+          pytest.raises(ssl.SSLError)):
+        old.wrap_socket(raw, server_hostname="localhost")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_request_id_is_echoed_and_reaches_the_instance_log(cfg, api):
+    first = await api.get("/healthz")
+    second = await api.get("/healthz")
+    request_id = first.headers["X-Request-ID"]
+    assert len(request_id) == 32
+    assert request_id != second.headers["X-Request-ID"]
+    logs = [cfg.path("log", f"todo_{port}.log") for port in cfg.ports]
+    for _ in range(50):
+        lines = [line for log in logs for line in log.read_text().splitlines()
+                 if request_id in line]
+        if lines:
+            break
+        await asyncio.sleep(0.1)
+    access = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(entry.get("request_id") == request_id for entry in access), lines
+
+
+def _get_from(address: str, port: int, path: str) -> tuple[int, bytes]:
+    """One request from another loopback address (rate limits are per client address)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                            source_address=(address, 0))
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_a_greedy_client_gets_a_json_429(cfg):
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(pool.map(lambda _: _get_from("127.0.0.2", cfg.http_port, "/healthz"),
+                                range(200)))
+    statuses = [status for status, _ in replies]
+    assert statuses.count(429) > 0
+    assert statuses.count(200) >= cfg.rate_limit_burst
+    body = json.loads(next(body for status, body in replies if status == 429))
+    assert body == {"error": {"status": 429, "message": "too many requests, slow down"}}
+    # The exempt local address (load tests, health checks) is never limited.
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        local = list(pool.map(lambda _: _get_from("127.0.0.1", cfg.http_port, "/healthz"),
+                              range(200)))
+    assert {status for status, _ in local} == {200}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_nginx_refuses_a_body_over_the_limit_with_json_413(cfg, api):
+    token = await api.register("too_big")
+    reply = await api.post("/todo", token=token, json_body={"content": "x" * (70 * 1024)})
+    assert error_of(reply) == (413, f"request body is larger than {cfg.max_body_size} bytes")
+    listed = await api.get("/todo", token=token)
+    assert listed.json["data"] == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_json_is_gzipped_for_clients_that_accept_it(cfg, api):
+    token = await api.register("zipped")
+    for i in range(10):
+        await api.post("/todo", token=token, json_body={"content": f"compress me please {i}"})
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(HTTPRequest(
+            f"{cfg.base_url}/todo", decompress_response=False,
+            headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"},
+        ))
+    finally:
+        client.close()
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert len(json.loads(gzip.decompress(response.body))["data"]) == 10
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_metrics_stay_off_the_public_listener(cfg, api):
+    assert error_of(await api.get("/metrics"))[0] == 404
+    direct = Api(f"http://127.0.0.1:{cfg.base_port}")
+    try:
+        reply = await direct.request("GET", "/metrics")
+    finally:
+        direct.close()
+    assert reply.status == 200
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_killed_instance_loses_no_read_and_no_acknowledged_write(cfg, api):
+    token = await api.register("kill_test")
+    load = Load(api, token)
+    victim = cfg.ports[0]
+    old_pid = instance_pid(cfg, victim)
+    running = asyncio.ensure_future(load.run(seconds=15))
+    await asyncio.sleep(5)
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    back_after = await wait_until_back(cfg, victim, old_pid)
+    await running
+
+    assert load.failed_reads == [], load.failed_reads[:5]
+    assert load.reads > 100
+    assert len(load.acknowledged) > 20
+    # Failed writes were reported to the client (never a silent loss); retried with the same
+    # Idempotency-Key they land, and every write exists exactly once.
+    await load.retry_failed_writes()
+    assert_exactly_once(cfg, load.acknowledged)
+    print(f"\nkill test: {load.reads} reads, {len(load.acknowledged)} writes "
+          f"({len(load.failed_writes)} reported failed, then retried); "
+          f"instance back after {back_after - killed_at:.2f}s")
+
+
+async def wait_until_back(cfg: stack.StackConfig, port: int, old_pid: int) -> float:
+    """Supervisor restarted the instance (new pid) and it answers /readyz; returns when."""
+    direct = Api(f"http://127.0.0.1:{port}")
+    try:
+        for _ in range(600):
+            try:
+                if (instance_pid(cfg, port) != old_pid
+                        and (await direct.get("/readyz", request_timeout=2)).status == 200):
+                    return time.monotonic()
+            except (ConnectionError, ValueError, stack.StackError):
+                pass
+            await asyncio.sleep(0.05)
+    finally:
+        direct.close()
+    raise AssertionError(f"todo_{port} did not come back")
+
+
+def assert_exactly_once(cfg: stack.StackConfig, writes: dict[str, str]) -> None:
+    with MongoClient(cfg.mongo_uri) as client:
+        todos = client[cfg.db_name]["todos"]
+        counts = {content: todos.count_documents({"content": content}) for content in writes}
+    assert {content for content, count in counts.items() if count != 1} == set()
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_a_rolling_restart_under_load_fails_no_request(cfg, api):
+    token = await api.register("rolling")
+    load = Load(api, token)
+    old_pids = [instance_pid(cfg, port) for port in cfg.ports]
+    running = asyncio.ensure_future(load.run(seconds=60, until_stopped=True))
+    await asyncio.sleep(2)
+    await asyncio.to_thread(stack.rolling_restart, cfg)
+    await asyncio.sleep(2)
+    load.stop()
+    await running
+    assert [instance_pid(cfg, port) for port in cfg.ports] != old_pids
+    assert all(new != old for new, old in zip(
+        [instance_pid(cfg, port) for port in cfg.ports], old_pids, strict=True))
+    assert load.failed_reads == [], load.failed_reads[:5]
+    assert load.failed_writes == {}, list(load.failed_writes)[:5]
+    assert load.reads > 100
+    assert len(load.acknowledged) > 20
+    assert_exactly_once(cfg, load.acknowledged)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_lets_a_slow_request_finish(cfg, api):
+    token = await api.register("slow_one")
+    port = cfg.ports[1]
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_body(write):
+        await write(b'{"content": "finished ')
+        started.set()
+        await release.wait()
+        await write(b'despite SIGTERM"}')
+
+    client = AsyncHTTPClient(force_instance=True)
+    request = HTTPRequest(
+        f"http://127.0.0.1:{port}/todo", method="POST", body_producer=slow_body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    in_flight = asyncio.ensure_future(client.fetch(request, raise_error=False))
+    await started.wait()
+    supervisor = stack.Supervisor(cfg)
+    stopping = asyncio.ensure_future(asyncio.to_thread(supervisor.ctl, "stop", f"todo:todo_{port}"))
+    await asyncio.sleep(1)
+    release.set()
+    response = await in_flight
+    await stopping
+    client.close()
+    assert response.code == 201
+    assert json.loads(response.body)["content"] == "finished despite SIGTERM"
+    log = cfg.path("log", "supervisord.log").read_text()
+    assert f"stopped: todo_{port} (exit status 0)" in log
+    await asyncio.to_thread(supervisor.ctl, "start", f"todo:todo_{port}")
+
+
+def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
+    stack.up(cfg)
+    assert "already running" in capsys.readouterr().out
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = stack.StackConfig(var=str(Path(cfg.var).parent / "other"), instances=1,
+                                  http_port=port, https_port=free_port(),
+                                  base_port=free_port(), mongo_port=free_port(),
+                                  redis_port=free_port())
+        taken_message = f"port {port} \\(nginx HTTP\\) is already in use"
+        with pytest.raises(stack.StackError, match=taken_message):
+            stack.up(other)
+
+
+def test_zz_down_leaves_no_process_of_the_stack(cfg):
+    pids = stack.Supervisor(cfg).all_pids()
+    assert len(pids) == 6  # mongod, nginx, redis, two instances, supervisord
+    stack.down(cfg)
+    assert [pid for pid in pids if alive(pid)] == []
+    for port in [cfg.http_port, cfg.https_port, *cfg.ports, cfg.mongo_port, cfg.redis_port]:
+        assert not stack.port_in_use(port)
