@@ -28,6 +28,8 @@ from server.services import mongo_client
 from server.settings import Settings
 from server.users import UserStore
 
+# A request slower than this counts as a socket error (timeout) in the table.
+WRK_TIMEOUT = "10s"
 LOAD_USER = "loadtest"
 LOAD_PASSWORD = "load test password"  # noqa: S105 - a throwaway local account
 
@@ -110,7 +112,8 @@ def _raise_open_files_limit() -> None:
 
 
 def run_wrk(url: str, token: str, connections: int, duration: str) -> str:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}", "--latency", "--timeout", "5s",
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}", "--latency",
+               "--timeout", WRK_TIMEOUT,
                "-H", f"Authorization: Bearer {token}", url]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:

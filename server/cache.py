@@ -38,6 +38,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 VERSION_TTL = 86400
+MAX_POLL_INTERVAL = 0.05
 TTL_JITTER = 0.2
 
 
@@ -52,6 +53,16 @@ async def _batches(keys: AsyncIterator[Any], size: int = 500) -> AsyncIterator[l
         yield batch
 
 
+def _wrap(page: bytes, *, fresh_until: int) -> bytes:
+    return b"%d|%b" % (fresh_until, page)
+
+
+def _unwrap(stored: bytes) -> tuple[int, bytes]:
+    """(fresh until, in ms since the epoch; the page) of a stored value."""
+    fresh_until, _, page = stored.partition(b"|")
+    return int(fresh_until), page
+
+
 def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
@@ -63,7 +74,7 @@ class PageCache:
         *,
         ttl: float,
         lock_ttl: float = 2.0,
-        poll_interval: float = 0.01,
+        poll_interval: float = 0.005,
     ) -> None:
         self.guard = guard
         self.ttl = ttl
@@ -76,6 +87,7 @@ class PageCache:
         self._release_lock = guard.client.register_script(RELEASE_LOCK)
         self._distrusted = False
         self._dropping = False
+        self._loading: dict[str, asyncio.Future[bytes]] = {}
         guard.on_recovery(self._distrust_redis)
 
     def _keys(self, owner: str) -> tuple[str, str, str]:
@@ -94,26 +106,48 @@ class PageCache:
         page_key, version_key, lock_key = self._keys(owner)
         for _attempt in range(3):
             found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
-            if found is None:
-                return await load()
-            if self._distrusted:
-                return await load()
-            page, version = found
-            if page is not None:
-                self.hits += 1
-                return _as_bytes(page)
-            self.misses += 1
+            if found is None or self._distrusted:
+                return await self._load_once(owner, load)
+            stored, raw_version = found
+            version = _as_bytes(raw_version or b"")
             token = secrets.token_hex(8)
-            locked = await self.guard.run(partial(self._try_lock, lock_key, token), default=None)
+            if stored is not None:
+                fresh_until, page = _unwrap(_as_bytes(stored))
+                if time.time() * 1000 < fresh_until:
+                    self.hits += 1
+                    return page
+                # Past its freshness: one request reloads it, the others get this previous
+                # copy meanwhile. It is still the latest (a write would have deleted it), so
+                # this keeps read-your-writes.
+                if await self._lock(lock_key, token):
+                    return await self._load_and_store(owner, load, version, token)
+                self.hits += 1
+                return page
+            self.misses += 1
+            locked = await self._lock(lock_key, token)
             if locked is None:
-                return await load()
+                return await self._load_once(owner, load)
             if locked:
-                return await self._load_and_store(owner, load, _as_bytes(version or b""), token)
+                return await self._load_and_store(owner, load, version, token)
             waited = await self._wait_for_page(page_key, lock_key)
             if waited is not None:
                 self.hits += 1
                 return waited
-        return await load()
+        return await self._load_once(owner, load)
+
+    async def _load_once(self, owner: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        """`load()`, shared by every request of this instance that wants it meanwhile: without
+        Redis to coordinate, a burst still costs MongoDB one query per instance, not one each."""
+        pending = self._loading.get(owner)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[owner] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(owner, None))
+        return await asyncio.shield(pending)
+
+    async def _lock(self, lock_key: str, token: str) -> bool | None:
+        """True if this request now loads the page; None when Redis is unavailable."""
+        return await self.guard.run(partial(self._try_lock, lock_key, token), default=None)
 
     async def _try_lock(self, lock_key: str, token: str, client: Redis) -> bool:
         return bool(await client.set(lock_key, token, nx=True, px=self._lock_ms))
@@ -128,11 +162,12 @@ class PageCache:
         page_key, version_key, lock_key = self._keys(owner)
         try:
             page = await load()
+            fresh_ms = self._jittered_ttl_ms()
+            # Kept past its freshness for as long again, to be served while being reloaded.
+            stored = _wrap(page, fresh_until=int(time.time() * 1000) + fresh_ms)
             await self.guard.run(
                 lambda r: self._set_if_version(
-                    keys=[page_key, version_key],
-                    args=[version, page, self._jittered_ttl_ms()],
-                    client=r,
+                    keys=[page_key, version_key], args=[version, stored, 2 * fresh_ms], client=r
                 ),
                 default=None,
             )
@@ -146,14 +181,17 @@ class PageCache:
     async def _wait_for_page(self, page_key: str, lock_key: str) -> bytes | None:
         """The page another request is loading, or None once its lock is gone without one."""
         deadline = time.monotonic() + self.lock_ttl
+        interval = self.poll_interval
         while time.monotonic() < deadline:
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(interval)
+            # Back off: a crowd of waiters must not turn into a flood of Redis reads.
+            interval = min(interval * 2, MAX_POLL_INTERVAL)
             found = await self.guard.run(lambda r: r.mget(page_key, lock_key), default=None)
             if found is None:
                 return None
-            page, lock = found
-            if page is not None:
-                return _as_bytes(page)
+            stored, lock = found
+            if stored is not None:
+                return _unwrap(_as_bytes(stored))[1]
             if lock is None:
                 return None
         return None

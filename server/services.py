@@ -9,7 +9,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -27,7 +27,11 @@ def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[st
         settings.mongo_uri,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
         connectTimeoutMS=settings.mongo_timeout_ms,
-        timeoutMS=settings.mongo_op_timeout_ms,
+        # Not timeoutMS: pymongo then bounds server selection by it too (an unreachable
+        # server would take that long to become a 503), and counts the wait for a pooled
+        # connection, which under a burst is queueing, not failure. The socket timeout bounds
+        # an operation a live server does not answer.
+        socketTimeoutMS=settings.mongo_op_timeout_ms,
         # An acknowledged write is journaled on a majority: it survives a mongod crash.
         w="majority",
         journal=True,
@@ -37,14 +41,25 @@ def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[st
     )
 
 
+# Enough for every request of a loaded instance to have its own (Redis takes 10,000 clients):
+# waiting for a connection must stay rare, since that wait counts against redis_timeout.
+REDIS_POOL_SIZE = 512
+
+
 def redis_client(settings: Settings) -> Redis:
-    # No retries inside redis-py: the guard falls back to MongoDB at once instead.
-    return Redis.from_url(
+    """A client whose pool makes a request wait for a free connection instead of failing with
+    "Too many connections" under a burst: a busy instance is not a Redis outage. The wait is
+    bounded by the commands ahead of it, each bounded by redis_timeout."""
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=None,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
+        # No retries inside redis-py: the guard falls back to MongoDB at once instead.
         retry=Retry(NoBackoff(), 0),
     )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @dataclass

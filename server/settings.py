@@ -44,8 +44,8 @@ class Settings:
     token_ttl: int = 86400
     cache_ttl: int = 60
     mongo_timeout_ms: int = 1000
-    mongo_op_timeout_ms: int = 5000
-    redis_timeout: float = 0.5
+    mongo_op_timeout_ms: int = 10000
+    redis_timeout: float = 1.0
     redis_prefix: str = "todo:"
     max_body_size: int = 64 * 1024
     shutdown_timeout: float = 10.0
@@ -78,8 +78,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "cache_ttl": (int, "first-page cache lifetime in seconds, before jitter (TODO_CACHE_TTL)"),
     "mongo_timeout_ms": (int, "how long to look for a reachable MongoDB (server selection "
                               "and connect) before answering 503, in ms (TODO_MONGO_TIMEOUT_MS)"),
-    "mongo_op_timeout_ms": (int, "upper bound on one MongoDB operation, waiting for a pooled "
-                                 "connection included, in ms (TODO_MONGO_OP_TIMEOUT_MS)"),
+    "mongo_op_timeout_ms": (int, "how long a sent MongoDB operation may wait for its answer "
+                                 "(socket timeout), in ms (TODO_MONGO_OP_TIMEOUT_MS)"),
     "redis_timeout": (float, "Redis connect and command timeout in seconds (TODO_REDIS_TIMEOUT)"),
     "redis_prefix": (str, "prefix of every Redis key this service writes (TODO_REDIS_PREFIX)"),
     "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),

@@ -88,16 +88,19 @@ class Created:
 
 @dataclass(frozen=True)
 class Page:
-    todos: list[dict[str, Any]]
+    """One page of a list, kept serialized: a cached page goes to the client as stored."""
+
+    todos_json: bytes  # the JSON array of public todos
     next_cursor: str | None
 
-    def to_json(self) -> bytes:
-        return json.dumps({"data": self.todos, "next_cursor": self.next_cursor}).encode()
+    def to_bytes(self) -> bytes:
+        # `<cursor>\n<json array>`: a cursor is base64url, so it never holds a newline.
+        return (self.next_cursor or "").encode("ascii") + b"\n" + self.todos_json
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Page:
-        value = json.loads(raw)
-        return cls(todos=value["data"], next_cursor=value["next_cursor"])
+    def from_bytes(cls, raw: bytes) -> Page:
+        cursor, _, todos_json = raw.partition(b"\n")
+        return cls(todos_json=todos_json, next_cursor=cursor.decode("ascii") or None)
 
 
 def _key_pattern(exc: DuplicateKeyError) -> dict[str, Any]:
@@ -217,8 +220,8 @@ class TodoStore:
             raw = await self.cache.get_or_load(
                 str(owner), lambda: self._load_page(owner, query)
             )
-            return Page.from_json(raw)
-        return Page.from_json(await self._load_page(owner, query))
+            return Page.from_bytes(raw)
+        return Page.from_bytes(await self._load_page(owner, query))
 
     async def _load_page(self, owner: ObjectId, query: ListQuery) -> bytes:
         conditions: dict[str, Any] = {"owner": owner}
@@ -232,4 +235,5 @@ class TodoStore:
         if len(docs) > query.limit:
             docs = docs[: query.limit]
             next_cursor = encode_cursor(docs[-1]["created_at"], docs[-1]["_id"])
-        return Page(todos=[public_todo(doc) for doc in docs], next_cursor=next_cursor).to_json()
+        todos_json = json.dumps([public_todo(doc) for doc in docs]).encode()
+        return Page(todos_json=todos_json, next_cursor=next_cursor).to_bytes()

@@ -122,9 +122,9 @@ def start_services(io_loop: Any, settings: Settings, listener: Any = None) -> Se
 
 
 @contextlib.asynccontextmanager
-async def another_instance(settings: Settings) -> AsyncIterator[Api]:
+async def another_instance(settings: Settings, listener: Any = None) -> AsyncIterator[Api]:
     """A second instance (own clients, own HTTP server and port) on the same data."""
-    services = await build_services(settings)
+    services = await build_services(settings, listener)
     sock, port = bind_unused_port()
     server = HTTPServer(make_app(services))
     server.add_sockets([sock])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
-from tests.conftest import another_instance
+from tests.conftest import QueryCounter, another_instance
 
 
 async def create(api, token, content):
@@ -98,10 +99,63 @@ async def test_cached_pages_expire_with_jitter(api, services):
     client = services.redis.client
     async for key in client.scan_iter(f"{services.settings.redis_prefix}page:*"):
         ttls.add(await client.pttl(key))
-    ceiling = services.settings.cache_ttl * 1000
+    # Kept twice its (jittered) freshness: fresh, then served while being reloaded.
+    ceiling = 2 * services.settings.cache_ttl * 1000
     assert len(ttls) == 6
     assert all(0.7 * ceiling < ttl <= ceiling for ttl in ttls)
     assert len(ttls) > 1
+
+
+@pytest.mark.gen_test
+async def test_while_an_expired_page_reloads_others_get_the_previous_copy_at_once(services):
+    cache = services.cache
+    cache.ttl = 0.2
+    assert await cache.get_or_load("reader", _returning(b"previous")) == b"previous"
+    await asyncio.sleep(0.3)
+    reloading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_reload() -> bytes:
+        reloading.set()
+        await release.wait()
+        return b"reloaded"
+
+    reload = asyncio.ensure_future(cache.get_or_load("reader", slow_reload))
+    await reloading.wait()
+    # The reload is under way and holds the lock: another reader does not wait for it.
+    assert await cache.get_or_load("reader", _returning(b"never loaded")) == b"previous"
+    release.set()
+    assert await reload == b"reloaded"
+    assert await cache.get_or_load("reader", _returning(b"never loaded")) == b"reloaded"
+
+
+def _returning(value: bytes):
+    async def load() -> bytes:
+        return value
+
+    return load
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_expired_page_is_reloaded_once_while_the_others_get_it_at_once(services):
+    counter = QueryCounter()
+    short_lived = dataclasses.replace(services.settings, cache_ttl=2)
+    async with another_instance(short_lived, listener=counter) as api:
+        token = await api.register("expiring")
+        await create(api, token, "steady")
+        await first_page(api, token)
+        # Past its freshness (1.6-2 s), well within its life in Redis (3.2-4 s): stale.
+        await asyncio.sleep(2.2)
+        # Changed behind the service's back, so that a reloaded page can be told apart.
+        await services.db["todos"].update_many({}, {"$set": {"content": "reloaded"}})
+        before = counter.finds
+        replies = await asyncio.gather(*(api.get("/todo", token=token) for _ in range(30)))
+        assert {reply.status for reply in replies} == {200}
+        assert {reply.json["data"][0]["content"] for reply in replies} <= {"steady", "reloaded"}
+        assert counter.finds - before == 1
+        assert (await first_page(api, token))[0]["content"] == "reloaded"
+        await create(api, token, "after")  # a write still shows at once
+        assert [t["content"] for t in await first_page(api, token)] == ["after", "reloaded"]
 
 
 @pytest.mark.gen_test

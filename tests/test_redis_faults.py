@@ -98,3 +98,16 @@ async def test_redis_restarted_empty_does_not_forget_a_logout(api, own_redis):
     own_redis.start()
     assert (await until_ready(api)).status == 200
     assert (await api.get("/todo", token=token)).status == 401
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_redis_a_burst_still_costs_mongodb_one_query(api, own_redis, query_counter):
+    token = await api.register("burst")
+    await api.post("/todo", token=token, json_body={"content": "one"})
+    own_redis.stop()
+    await contents(api, token)  # notices Redis is gone
+    before = query_counter.finds
+    replies = await asyncio.gather(*(api.get("/todo", token=token) for _ in range(30)))
+    assert {reply.status for reply in replies} == {200}
+    assert {reply.json["data"][0]["content"] for reply in replies} == {"one"}
+    assert query_counter.finds - before < 30 / 2  # shared loads, not one query per request
