@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from server.redis_guard import RedisGuard
+from server.redis_guard import RedisGuard, UntilDone
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class PageCache:
         self._set_if_version = guard.client.register_script(SET_IF_VERSION)
         self._release_lock = guard.client.register_script(RELEASE_LOCK)
         self._distrusted = False
-        self._dropping = False
+        self._drop_pages = UntilDone(guard, self.drop_all_pages)
         self._loading: dict[str, asyncio.Future[bytes]] = {}
         guard.on_recovery(self._distrust_redis)
 
@@ -200,18 +200,7 @@ class PageCache:
         # After an outage a write may have missed Redis (its instance can have died before
         # replaying it), and which user it touched is unknown: forget every page.
         self._distrusted = True
-        if not self._dropping:
-            self._dropping = True
-            self.guard.spawn(self._drop_until_done())
-
-    async def _drop_until_done(self) -> None:
-        try:
-            while True:
-                if await self.drop_all_pages():
-                    return
-                await asyncio.sleep(self.guard.cooldown)
-        finally:
-            self._dropping = False
+        self._drop_pages.request()
 
     async def drop_all_pages(self) -> bool:
         """Delete every cached page (True once done); until then pages come from MongoDB."""

@@ -130,6 +130,36 @@ class RedisGuard:
         await self.client.aclose()
 
 
+class UntilDone:
+    """Background work retried once per cool-down until it reports success, one run at a time.
+    Asking while it runs asks for one more run after it (what it read may be outdated)."""
+
+    def __init__(self, guard: RedisGuard, attempt: Callable[[], Awaitable[bool]]) -> None:
+        self.guard = guard
+        self.attempt = attempt
+        self._running = False
+        self._again = False
+
+    def request(self) -> None:
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        self.guard.spawn(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._again = False
+                if await self.attempt():
+                    if not self._again:
+                        return
+                else:
+                    await asyncio.sleep(self.guard.cooldown)
+        finally:
+            self._running = False
+
+
 async def _done(pending: Awaitable[Any]) -> bool:
     await pending
     return True

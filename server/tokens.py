@@ -9,7 +9,6 @@ marker is rebuilt from MongoDB.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -28,7 +27,7 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from server.errors import Unauthorized
-from server.redis_guard import RedisGuard
+from server.redis_guard import RedisGuard, UntilDone
 
 log = logging.getLogger(__name__)
 # How long Redis's copy of the revocations is trusted before it is rebuilt from MongoDB: the
@@ -63,7 +62,7 @@ class TokenService:
         self.ttl = ttl
         self.guard = guard
         self.revoked = db["revoked_tokens"]
-        self._resyncing = False
+        self._resync = UntilDone(guard, self._resync_attempt)
         self._clear_marker_pending = False
         self._synced_once = False
         guard.on_recovery(self._distrust_redis)
@@ -101,7 +100,7 @@ class TokenService:
         else:
             revoked = await self.revoked.find_one({"_id": principal.token_id}) is not None
             if found is not None:
-                self._start_resync(clear_marker=False)
+                self._resync.request()
         if revoked:
             raise Unauthorized(INVALID_TOKEN)
         return principal
@@ -124,27 +123,15 @@ class TokenService:
     def _distrust_redis(self) -> None:
         """Redis answers again after an outage: a logout may have missed it meanwhile."""
         self._synced_once = False
-        self._start_resync(clear_marker=True)
+        self._clear_marker_pending = True
+        self._resync.request()
 
-    def _start_resync(self, *, clear_marker: bool) -> None:
+    async def _resync_attempt(self) -> bool:
+        clear_marker, self._clear_marker_pending = self._clear_marker_pending, False
+        if await self._copy_revocations_to_redis(clear_marker=clear_marker):
+            return True
         self._clear_marker_pending |= clear_marker
-        if not self._resyncing:
-            self._resyncing = True
-            self.guard.spawn(self._resync_until_done())
-
-    async def _resync_until_done(self) -> None:
-        """Copy the revocations to Redis, retrying (once per cool-down) until it succeeds."""
-        try:
-            while True:
-                clear_marker, self._clear_marker_pending = self._clear_marker_pending, False
-                if await self._copy_revocations_to_redis(clear_marker=clear_marker):
-                    if not self._clear_marker_pending:
-                        return
-                else:
-                    self._clear_marker_pending |= clear_marker
-                    await asyncio.sleep(self.guard.cooldown)
-        finally:
-            self._resyncing = False
+        return False
 
     async def _copy_revocations_to_redis(self, *, clear_marker: bool) -> bool:
         """Rebuild Redis's copy of every unexpired revocation, then mark it complete.

@@ -122,11 +122,14 @@ def start_services(io_loop: Any, settings: Settings, listener: Any = None) -> Se
 
 
 @contextlib.asynccontextmanager
-async def another_instance(settings: Settings, listener: Any = None) -> AsyncIterator[Api]:
-    """A second instance (own clients, own HTTP server and port) on the same data."""
-    services = await build_services(settings, listener)
+async def another_instance(
+    settings: Settings, listener: Any = None, *, indexes: bool = True, **server_options: Any
+) -> AsyncIterator[Api]:
+    """A second instance (own clients, own HTTP server and port) on the same data; without
+    `indexes` nothing touches MongoDB before the first request (it may be down on purpose)."""
+    services = await build_services(settings, listener) if indexes else open_services(settings)
     sock, port = bind_unused_port()
-    server = HTTPServer(make_app(services))
+    server = HTTPServer(make_app(services), **server_options)
     server.add_sockets([sock])
     client = Api(f"http://127.0.0.1:{port}")
     try:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
 from scripts.local_services import free_port
-from server.app import make_app
 from server.metrics import Metrics, route_label
-from server.services import open_services
 from server.settings import Settings
 from tests.conftest import Api, another_instance, error_of, make_settings
 
@@ -39,20 +33,9 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
     )
 
 
-@contextlib.asynccontextmanager
-async def serving(settings: Settings, **server_options: Any) -> AsyncIterator[Api]:
+def serving(settings: Settings, **server_options: Any) -> Any:
     """An instance for `settings` without creating indexes first, so MongoDB may be down."""
-    services = open_services(settings)
-    sock, port = bind_unused_port()
-    server = HTTPServer(make_app(services), **server_options)
-    server.add_sockets([sock])
-    client = Api(f"http://127.0.0.1:{port}")
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-        await services.close()
+    return another_instance(settings, indexes=False, **server_options)
 
 
 def without_mongodb(mongo_uri: str, redis_url: str) -> Settings:
