@@ -333,7 +333,8 @@ def print_summary(supervisor: Supervisor) -> None:
     print(f"\nTodo API: {cfg.base_url}  (HTTPS: https://{cfg.listen}:{cfg.https_port}, "
           "self-signed)")
     ctl = " ".join(supervisor.ctl_command())
-    print(f"supervisorctl: {ctl} status|restart todo:*|tail -f todo:todo_{cfg.base_port}")
+    print(f"supervisorctl: scripts/ctl status | scripts/ctl restart 'todo:*' | "
+          f"scripts/ctl tail -f todo:todo_{cfg.base_port}\n  (scripts/ctl runs: {ctl} ...)")
 
 
 def down(cfg: StackConfig, timeout: float = 120.0) -> None:
