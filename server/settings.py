@@ -195,7 +195,9 @@ def _check_urls(values: dict[str, Any]) -> None:
             parsed = parse_redis_url(values[name])  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise SettingsError(f"{name} is not a valid Redis URL: {exc}") from None
-        where[name] = tuple(parsed.get(part) for part in ("host", "port", "path", "db"))
+        # Which server and database, with redis-py's defaults filled in.
+        where[name] = (parsed.get("host", "localhost"), parsed.get("port", 6379),
+                       parsed.get("path"), int(parsed.get("db") or 0))
     # The cache may be flushed (and is, after an outage): queued jobs must not go with it.
     for name in ("broker_url", "result_backend"):
         if where[name] == where["redis_url"]:
