@@ -14,6 +14,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from server import logs
 from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
 from server.inflight import InFlight
+from server.jobs import JobStore
 from server.metrics import Metrics
 from server.services import Services
 from server.todos import TodoStore
@@ -64,6 +65,10 @@ class APIHandler(RequestHandler):
     @property
     def todos(self) -> TodoStore:
         return self.services.todos
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.services.jobs
 
     @property
     def principal(self) -> Principal:

@@ -27,16 +27,19 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, find_mongod, find_redis_server, port_in_use
+from server.celery_app import load_celery_config
 from server.settings import PROJECT_ROOT, Settings, load_or_create_secret
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"
 DRAIN_SECONDS = 10
+WORKER_CONCURRENCY = 2
 RELOAD_GRACE_SECONDS = 1.0
 
 
@@ -98,6 +101,15 @@ class StackConfig:
         return self.external_redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
+    def broker_url(self) -> str:
+        """The job queue: database 1 of the same Redis (a cache flush must not empty it)."""
+        return redis_db_url(self.redis_url, 1)
+
+    @property
+    def result_backend(self) -> str:
+        return redis_db_url(self.redis_url, 2)
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.listen}:{self.http_port}"
 
@@ -115,6 +127,11 @@ class StackConfig:
             raise StackError(f"no stack set up in {var}; run `todo-stack up` first") from None
         values["rate_limit_exempt"] = tuple(values["rate_limit_exempt"])
         return cls(**values)
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """`url` naming database `db` instead of its own."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
 
 
 def render(template: str, values: dict[str, object]) -> str:
@@ -183,15 +200,25 @@ def supervisord_conf(cfg: StackConfig) -> str:
             **common, "redis_server": find_redis_server(), "redis_data": cfg.path("redis"),
             "redis_port": cfg.redis_port,
         }))
+    addresses = {
+        "mongo_uri": _supervisor_value(cfg.mongo_uri),
+        "redis_url": _supervisor_value(cfg.redis_url),
+        "broker_url": _supervisor_value(cfg.broker_url),
+        "result_backend": _supervisor_value(cfg.result_backend),
+        "db_name": cfg.db_name, "secret_file": cfg.path("secret"),
+    }
     for port in cfg.ports:
         programs.append(render("supervisor-instance.conf.in", {
-            **common, "port": port, "mongo_uri": _supervisor_value(cfg.mongo_uri),
-            "redis_url": _supervisor_value(cfg.redis_url), "db_name": cfg.db_name,
-            "secret_file": cfg.path("secret"), "drain_seconds": DRAIN_SECONDS,
+            **common, **addresses, "port": port, "drain_seconds": DRAIN_SECONDS,
             "stop_wait_seconds": DRAIN_SECONDS + 10,
         }))
     group = ",".join(f"todo_{port}" for port in cfg.ports)
     programs.append(f"[group:todo]\nprograms = {group}\n")
+    programs.append(render("supervisor-celery.conf.in", {
+        **common, **addresses, "concurrency": WORKER_CONCURRENCY,
+        # A warm shutdown lets the running jobs finish: wait for the longest one, and more.
+        "stop_wait_seconds": load_celery_config().LONGEST_JOB_SECONDS + 60,
+    }))
     programs.append(render("supervisor-nginx.conf.in", {
         **common, "nginx": find_nginx(), "nginx_conf": cfg.path("run", "nginx.conf"),
     }))
@@ -334,10 +361,15 @@ def print_summary(supervisor: Supervisor) -> None:
           "self-signed)")
     ctl = " ".join(supervisor.ctl_command())
     print(f"supervisorctl: scripts/ctl status | scripts/ctl restart 'todo:*' | "
-          f"scripts/ctl tail -f todo:todo_{cfg.base_port}\n  (scripts/ctl runs: {ctl} ...)")
+          f"scripts/ctl tail -f todo:todo_{cfg.base_port} | scripts/ctl tail -f celery\n"
+          f"  (scripts/ctl runs: {ctl} ...)")
 
 
-def down(cfg: StackConfig, timeout: float = 120.0) -> None:
+def down(cfg: StackConfig, timeout: float | None = None) -> None:
+    """Stop everything; the Celery worker first lets its running jobs finish (warm shutdown),
+    so this may take as long as the longest job."""
+    if timeout is None:
+        timeout = load_celery_config().LONGEST_JOB_SECONDS + 120.0
     supervisor = Supervisor(cfg)
     pid = supervisor.pid()
     if pid is None:

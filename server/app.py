@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tornado.web import Application, RequestHandler
 
-from handlers import accounts, health, metrics, todos
+from handlers import accounts, health, jobs, metrics, todos
 from handlers.base import NotFoundHandler
 from server import logs
 from server.inflight import InFlight
@@ -27,6 +27,7 @@ def request_finished(metrics: Metrics, handler: RequestHandler) -> None:
 def make_app(services: Services) -> Application:
     routes = [
         *todos.default_handlers,
+        *jobs.default_handlers,
         *accounts.default_handlers,
         *health.default_handlers,
         *metrics.default_handlers,

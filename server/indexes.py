@@ -25,6 +25,9 @@ INDEXES: dict[str, list[IndexModel]] = {
                    partialFilterExpression={IDEMPOTENCY_KEY: {"$exists": True}},
                    name="owner_idempotency_key"),
     ],
+    # A user's recent jobs, newest first (GET /jobs).
+    "jobs": [IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                        name="owner_created_at")],
     "users": [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")],
     # Revocations disappear once the token they revoke has expired anyway.
     "revoked_tokens": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0,

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
@@ -13,7 +14,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from server import celery_app
 from server.cache import PageCache
+from server.jobs import JobStore
 from server.redis_guard import RedisGuard
 from server.settings import Settings
 from server.todos import TodoStore
@@ -71,6 +74,8 @@ class Services:
     todos: TodoStore
     users: UserStore
     tokens: TokenService
+    celery: Celery
+    jobs: JobStore
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -87,7 +92,9 @@ class Services:
         return await self.redis.ping()
 
     async def close(self) -> None:
-        await asyncio.gather(self.redis.close(), self.mongo.close())
+        await asyncio.gather(
+            self.redis.close(), self.mongo.close(), celery_app.close(self.celery)
+        )
 
 
 def open_services(
@@ -103,6 +110,8 @@ def open_services(
     # The lock outlives the slowest MongoDB load, so waiters never give up on a live loader.
     lock_ttl = settings.mongo_op_timeout_ms / 1000 + 1
     cache = PageCache(guard, ttl=settings.cache_ttl, lock_ttl=lock_ttl)
+    # Publishes jobs only; it connects to the broker on the first one.
+    celery = celery_app.make_celery(settings)
     return Services(
         settings=settings,
         mongo=mongo,
@@ -111,4 +120,6 @@ def open_services(
         todos=TodoStore(db, cache),
         users=UserStore(db),
         tokens=TokenService(secret=settings.secret, ttl=settings.token_ttl, guard=guard, db=db),
+        celery=celery,
+        jobs=JobStore(db, celery),
     )

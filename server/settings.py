@@ -37,6 +37,9 @@ class Settings:
     address: str = "127.0.0.1"
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Other databases than the cache's: flushing the cache must not drop queued jobs.
+    broker_url: str = "redis://127.0.0.1:6379/1"
+    result_backend: str = "redis://127.0.0.1:6379/2"
     db_name: str = "todo"
     secret: str = ""
     secret_file: str = str(DEFAULT_SECRET_FILE)
@@ -69,6 +72,10 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "address": (str, "address to bind; loopback by default (TODO_ADDRESS)"),
     "mongo_uri": (str, "MongoDB connection URI (TODO_MONGO_URI)"),
     "redis_url": (str, "Redis URL for the list cache and token revocations (TODO_REDIS_URL)"),
+    "broker_url": (str, "Redis URL of the Celery job queue; another database than redis_url's "
+                        "(TODO_BROKER_URL)"),
+    "result_backend": (str, "Redis URL where Celery keeps task results; another database than "
+                            "redis_url's (TODO_RESULT_BACKEND)"),
     "db_name": (str, "MongoDB database name (TODO_DB_NAME)"),
     "secret": (str, "token signing secret, >= 32 characters; generated into --secret-file "
                     "when absent (TODO_SECRET)"),
@@ -172,17 +179,29 @@ def _convert(name: str, raw: str, source: str) -> Any:
         raise SettingsError(f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
 
 
+REDIS_URL_SETTINGS = ("redis_url", "broker_url", "result_backend")
+
+
 def _check_urls(values: dict[str, Any]) -> None:
-    """Parse both URLs now, so a malformed one is a line at start-up, not a later traceback."""
+    """Parse every URL now, so a malformed one is a line at start-up, not a later traceback."""
     try:
         if values["mongo_uri"].startswith("mongodb://"):
             uri_parser.parse_uri(values["mongo_uri"])
     except (PyMongoError, ValueError) as exc:
         raise SettingsError(f"mongo_uri is not a valid MongoDB URI: {exc}") from None
-    try:
-        parse_redis_url(values["redis_url"])  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise SettingsError(f"redis_url is not a valid Redis URL: {exc}") from None
+    where: dict[str, tuple[Any, ...]] = {}
+    for name in REDIS_URL_SETTINGS:
+        try:
+            parsed = parse_redis_url(values[name])  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise SettingsError(f"{name} is not a valid Redis URL: {exc}") from None
+        # Which server and database, with redis-py's defaults filled in.
+        where[name] = (parsed.get("host", "localhost"), parsed.get("port", 6379),
+                       parsed.get("path"), int(parsed.get("db") or 0))
+    # The cache may be flushed (and is, after an outage): queued jobs must not go with it.
+    for name in ("broker_url", "result_backend"):
+        if where[name] == where["redis_url"]:
+            raise SettingsError(f"{name} must be another Redis database than redis_url's")
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -190,8 +209,9 @@ def _validate(values: dict[str, Any]) -> None:
         (1 <= values["port"] <= 65535, f"port must be 1-65535, got {values['port']}"),
         (values["mongo_uri"].startswith(("mongodb://", "mongodb+srv://")),
          "mongo_uri must start with mongodb:// or mongodb+srv://"),
-        (values["redis_url"].startswith(("redis://", "rediss://", "unix://")),
-         "redis_url must start with redis://, rediss:// or unix://"),
+        *[(values[name].startswith(("redis://", "rediss://", "unix://")),
+           f"{name} must start with redis://, rediss:// or unix://")
+          for name in REDIS_URL_SETTINGS],
         (bool(values["db_name"]) and not set(values["db_name"]) & set('/\\. "$'),
          f"db_name {values['db_name']!r} is not a valid MongoDB database name"),
         (values["token_ttl"] >= 60, "token_ttl must be at least 60 seconds"),

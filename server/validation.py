@@ -23,6 +23,8 @@ DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD_LENGTH = 8
+JOB_TYPES = ("purge",)
+MAX_PURGE_DAYS = 3650
 MAX_PASSWORD_LENGTH = 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -42,6 +44,12 @@ class TodoUpdate:
 
     content: str | None = None
     is_finished: bool | None = None
+
+
+@dataclass(frozen=True)
+class JobCreate:
+    type: str
+    params: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,19 @@ def credentials(fields: Mapping[str, Any], *, new_account: bool) -> Credentials:
     return Credentials(username=username, password=password)
 
 
+def job_create(fields: Mapping[str, Any]) -> JobCreate:
+    """`{"type": "purge", "older_than_days": N}`: the job to run and its parameters."""
+    kind = fields.get("type")
+    if kind not in JOB_TYPES:
+        raise BadRequest(f"type must be one of: {', '.join(JOB_TYPES)}")
+    _reject_unknown(fields, {"type", "older_than_days"})
+    days = fields.get("older_than_days")
+    # bool is an int in Python; `true` is not a number of days.
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_PURGE_DAYS:
+        raise BadRequest(f"older_than_days must be an integer from 0 to {MAX_PURGE_DAYS}")
+    return JobCreate(type=kind, params={"older_than_days": days})
+
+
 def _int_argument(name: str, raw: str, low: int, high: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
@@ -215,8 +236,8 @@ def idempotency_key(headers: httputil.HTTPHeaders) -> str | None:
     return values[0]
 
 
-def object_id(raw: str) -> ObjectId:
-    """A todo id from the URL; anything that is not an ObjectId cannot exist, so it is a 404."""
+def object_id(raw: str, what: str = "todo") -> ObjectId:
+    """An id from the URL; anything that is not an ObjectId cannot exist, so it is a 404."""
     if not ObjectId.is_valid(raw) or len(raw) != 24:
-        raise NotFound("todo not found")
+        raise NotFound(f"{what} not found")
     return ObjectId(raw)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import monitoring
@@ -68,11 +69,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+def redis_db(url: str, db: int) -> str:
+    """`url` with another database number: the broker and the results beside the cache."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
 def make_settings(mongo_uri: str, redis_url: str, **overrides: Any) -> Settings:
     name = uuid.uuid4().hex[:12]
     values: dict[str, Any] = {
         "mongo_uri": mongo_uri,
         "redis_url": redis_url,
+        # Never the defaults: those name the Redis on 6379, which may be a real stack's.
+        "broker_url": redis_db(redis_url, 1),
+        "result_backend": redis_db(redis_url, 2),
         "db_name": f"todo_test_{name}",
         "redis_prefix": f"todo-test:{name}:",
         "secret": TEST_SECRET,
@@ -266,4 +276,6 @@ def server_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-__all__ = ["Api", "LocalServer", "QueryCounter", "Reply", "error_of", "make_settings"]
+__all__ = [
+    "Api", "LocalServer", "QueryCounter", "Reply", "error_of", "make_settings", "redis_db",
+]

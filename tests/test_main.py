@@ -16,7 +16,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from scripts.local_services import free_port
-from tests.conftest import TEST_SECRET, Api
+from tests.conftest import TEST_SECRET, Api, redis_db
 
 
 def server_env(mongo_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -24,6 +24,8 @@ def server_env(mongo_uri: str, redis_url: str, **extra: str) -> dict[str, str]:
     env.update({
         "TODO_MONGO_URI": mongo_uri,
         "TODO_REDIS_URL": redis_url,
+        "TODO_BROKER_URL": redis_db(redis_url, 1),
+        "TODO_RESULT_BACKEND": redis_db(redis_url, 2),
         "TODO_DB_NAME": f"todo_main_{uuid.uuid4().hex[:8]}",
         "TODO_REDIS_PREFIX": f"todo-main:{uuid.uuid4().hex[:8]}:",
         "TODO_SECRET": TEST_SECRET,

@@ -26,6 +26,8 @@ def test_defaults_apply_when_nothing_is_given(tmp_path):
     assert settings.address == "127.0.0.1"
     assert settings.mongo_uri == "mongodb://127.0.0.1:27017"
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.broker_url == "redis://127.0.0.1:6379/1"
+    assert settings.result_backend == "redis://127.0.0.1:6379/2"
     assert settings.debug is False
 
 
@@ -71,6 +73,13 @@ def test_dashed_options_and_boolean_flags(tmp_path):
         (["--debug=perhaps"], {}, "--debug: debug must be bool"),
         (["--mongo-uri=mongodb://127.0.0.1:abc"], {}, "mongo_uri is not a valid MongoDB URI"),
         (["--redis-url=redis://127.0.0.1:abc/0"], {}, "redis_url is not a valid Redis URL"),
+        ([], {"TODO_BROKER_URL": "amqp://x"}, "broker_url must start with redis://"),
+        (["--result-backend=redis://127.0.0.1:abc/2"], {},
+         "result_backend is not a valid Redis URL"),
+        (["--broker-url=redis://127.0.0.1:6379/0"], {},
+         "broker_url must be another Redis database than redis_url's"),
+        ([], {"TODO_RESULT_BACKEND": "redis://127.0.0.1:6379"},
+         "result_backend must be another Redis database than redis_url's"),
         (["--mongo-timeout-ms=2000", "--mongo-op-timeout-ms=1000"], {}, "mongo_op_timeout_ms"),
     ],
 )

@@ -287,6 +287,44 @@ async def test_sigterm_lets_a_slow_request_finish(cfg, api):
     await asyncio.to_thread(supervisor.ctl, "start", f"todo:todo_{port}")
 
 
+@pytest.mark.gen_test(timeout=120)
+async def test_a_purge_job_runs_on_the_supervised_worker(cfg, api):
+    token = await api.register("purger")
+    created = await api.post("/todo", token=token, json_body={"content": "old and done"})
+    assert (await api.put(f"/todo/{created.json['id']}/finish", token=token)).status == 200
+    kept = await api.post("/todo", token=token, json_body={"content": "still open"})
+    queued = await api.post("/jobs", token=token,
+                            json_body={"type": "purge", "older_than_days": 0})
+    assert queued.status == 202, queued.json
+    for _ in range(600):
+        job = (await api.get(queued.headers["Location"], token=token)).json
+        if job["status"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert (job["status"], job["result"]) == ("done", {"deleted": 1}), job
+    listed = await api.get("/todo", token=token)
+    assert [t["id"] for t in listed.json["data"]] == [kept.json["id"]]
+
+
+def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
+    from server.celery_app import load_celery_config
+
+    conf = cfg.path("run", "supervisord.conf").read_text()
+    section = conf.split("[program:celery]")[1].split("\n[")[0]
+    settings = dict(line.split(" = ", 1) for line in section.strip().splitlines()
+                    if " = " in line and not line.startswith(";"))
+    celery = load_celery_config()
+    assert "-m celery -A server.worker worker" in settings["command"]
+    assert "--hostname=todo@%%h" in settings["command"]
+    assert settings["stopsignal"] == "TERM"
+    assert int(settings["stopwaitsecs"]) > celery.LONGEST_JOB_SECONDS
+    assert celery.broker_transport_options["visibility_timeout"] > celery.LONGEST_JOB_SECONDS
+    assert f"TODO_BROKER_URL=\"redis://127.0.0.1:{cfg.redis_port}/1\"" in settings["environment"]
+    status = stack.Supervisor(cfg).ctl("status", "celery")
+    assert "RUNNING" in status, status
+    assert "ready." in cfg.path("log", "celery.log").read_text()
+
+
 def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
     stack.up(cfg)
     assert "already running" in capsys.readouterr().out
@@ -305,7 +343,7 @@ def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
 
 def test_zz_down_leaves_no_process_of_the_stack(cfg):
     pids = stack.Supervisor(cfg).all_pids()
-    assert len(pids) == 6  # mongod, nginx, redis, two instances, supervisord
+    assert len(pids) == 7  # mongod, nginx, redis, two instances, celery, supervisord
     stack.down(cfg)
     assert [pid for pid in pids if alive(pid)] == []
     for port in [cfg.http_port, cfg.https_port, *cfg.ports, cfg.mongo_port, cfg.redis_port]:

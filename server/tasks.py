@@ -1,0 +1,172 @@
+"""The Celery tasks, all in this module, and the synchronous clients the workers run them with.
+
+A worker is not an event loop: it uses pymongo's `MongoClient` and redis-py's `Redis`. They
+are opened in the process that runs the task, on first use, so a prefork child never uses
+connections inherited across the fork.
+
+Every task is safe to run twice: a message is acknowledged only once its task has finished,
+so a worker that dies half-way leaves it to be delivered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bson import ObjectId
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, NetworkTimeout, PyMongoError
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server import jobs
+from server.cache import VERSION_TTL
+from server.settings import Settings
+
+log = logging.getLogger("todo.tasks")
+
+# Worth another try: the server was unreachable or slow for a moment. Each task is idempotent,
+# so running it again from the start is safe. (ServerSelectionTimeoutError is an AutoReconnect.)
+TRANSIENT = (AutoReconnect, NetworkTimeout, RedisConnectionError, RedisTimeoutError)
+MAX_RETRIES = 5
+RETRY_BACKOFF_MAX = 60
+
+
+class WorkerClients:
+    """The synchronous MongoDB and Redis clients of one worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pid = 0
+        self._mongo: MongoClient[dict[str, Any]] | None = None
+        self._redis: Redis | None = None
+
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        # Opened after a fork: the parent's clients (if any) are not ours to use or close.
+        self._pid = os.getpid()
+        self._mongo = MongoClient(
+            self.settings.mongo_uri,
+            serverSelectionTimeoutMS=self.settings.mongo_timeout_ms,
+            connectTimeoutMS=self.settings.mongo_timeout_ms,
+            socketTimeoutMS=self.settings.mongo_op_timeout_ms,
+            w="majority",
+            journal=True,
+            tz_aware=True,
+            appname="todo-worker",
+        )
+        self._redis = Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=self.settings.redis_timeout,
+            socket_connect_timeout=self.settings.redis_timeout,
+        )
+
+    def close(self) -> None:
+        if self._pid == os.getpid() and self._mongo is not None and self._redis is not None:
+            self._mongo.close()
+            self._redis.close()
+        self._pid, self._mongo, self._redis = 0, None, None
+
+    @property
+    def db(self) -> Database[dict[str, Any]]:
+        self._open()
+        assert self._mongo is not None
+        return self._mongo[self.settings.db_name]
+
+    @property
+    def redis(self) -> Redis:
+        self._open()
+        assert self._redis is not None
+        return self._redis
+
+
+class Job(Protocol):
+    def __call__(self, clients: WorkerClients, *, job_id: ObjectId) -> dict[str, int]: ...
+
+
+def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
+    """Exactly what server/cache.py's PageCache.invalidate does, from a worker: a new random
+    version and no cached page, so every instance's next read of the page comes from MongoDB."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(f"{prefix}version:{owner}", secrets.token_hex(8), ex=VERSION_TTL)
+        pipe.delete(f"{prefix}page:{owner}")
+        pipe.execute()
+
+
+def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, int]:
+    """Delete the owner's finished todos older than the job's `older_than_days`."""
+    records = clients.db["jobs"]
+    job = jobs.mark_running(records, job_id)
+    if job is None:
+        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
+        return {}
+    owner = job["owner"]
+    cutoff = datetime.now(UTC) - timedelta(days=job["params"]["older_than_days"])
+    doomed = {"owner": owner, "is_finished": True, "finished_at": {"$lt": cutoff}}
+    todos = clients.db["todos"]
+    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed))
+    deleted = todos.delete_many(doomed).deleted_count
+    # Before the job shows as done: a client that sees "done" must not read a stale page.
+    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
+    jobs.set_progress(records, job_id, done=deleted, total=deleted)
+    result = {"deleted": deleted}
+    jobs.mark_done(records, job_id, result=result)
+    log.info("job %s: purged %d todos of %s", job_id, deleted, owner)
+    return result
+
+
+def failure_message(exc: BaseException) -> str:
+    """What the job's owner is told; the worker's log has the details."""
+    if isinstance(exc, TRANSIENT):
+        return "the database or cache stayed unavailable; try again later"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "the job took longer than its time limit"
+    return "the job failed unexpectedly"
+
+
+def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException) -> None:
+    try:
+        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc))
+    except PyMongoError:
+        log.exception("job %s: could not record its failure", job_id)
+
+
+def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[str, int]:
+    """Run `work` for the job a message names; a failure that ends the job is recorded."""
+    oid = ObjectId(job_id)
+    try:
+        return work(clients, job_id=oid)
+    except TRANSIENT as exc:
+        if task.request.retries >= task.max_retries:
+            _record_failure(clients, oid, exc)
+        raise  # with retries left, Celery runs the task again later (autoretry_for)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        _record_failure(clients, oid, exc)
+        raise
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register every task on `app`, with the clients of the worker that runs them."""
+    clients = WorkerClients(settings)
+
+    def run_purge(task: Any, job_id: str) -> dict[str, int]:
+        return run_job(task, clients, job_id, purge)
+
+    app.task(
+        name=jobs.TASKS["purge"],
+        bind=True,
+        autoretry_for=TRANSIENT,
+        retry_backoff=True,
+        retry_backoff_max=RETRY_BACKOFF_MAX,
+        retry_jitter=True,
+        max_retries=MAX_RETRIES,
+    )(run_purge)
