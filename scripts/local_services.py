@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -57,10 +58,23 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+# Below Linux's ephemeral range (32768-60999): a port handed out for a server that starts a
+# moment later must not be taken meanwhile by some process's outgoing connection.
+SERVER_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server about to start."""
+    for _ in range(1000):
+        port = random.choice(SERVER_PORTS)  # noqa: S311 - not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if not port_in_use(port):
+            return port
+    raise ServiceError("no free loopback port below the ephemeral range")
 
 
 @dataclass
