@@ -29,7 +29,21 @@ class JobHandler(APIHandler):
         self.write(await self.jobs.get(owner=self.user_id, job_id=oid))
 
 
+class JobResultHandler(APIHandler):
+    async def get(self, job_id: str) -> None:
+        """A finished export's file, sent a GridFS chunk at a time (never held whole)."""
+        oid = validation.object_id(job_id, "job")
+        export = await self.jobs.export_file(owner=self.user_id, job_id=oid)
+        self.set_header("Content-Type", export.content_type)
+        self.set_header("Content-Disposition", f'attachment; filename="{export.filename}"')
+        async for chunk in export.chunks():
+            self.write(chunk)
+            # Out to the socket before the next chunk is read: a slow client holds one chunk.
+            await self.flush()
+
+
 default_handlers = [
     (r"/jobs", JobListHandler),
     (r"/jobs/(?P<job_id>[^/]+)", JobHandler),
+    (r"/jobs/(?P<job_id>[^/]+)/result", JobResultHandler),
 ]

@@ -17,15 +17,19 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
-from server import celery_app
-from server.errors import NotFound, ServiceUnavailable
+from server import celery_app, exports
+from server.errors import Conflict, NotFound, ServiceUnavailable
 from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 RECENT_JOBS = 20
 # Job type -> the Celery task that runs it.
-TASKS = {"purge": "todo.purge"}
+TASKS = {"purge": "todo.purge", "export": "todo.export"}
 QUEUE_UNAVAILABLE = "job queue unavailable, try again shortly"
+NOT_AN_EXPORT = "this job is not an export: it has no file to download"
+NOT_DONE = "the export is not done yet; follow the job until its status is done"
+# Private: the GridFS file the current attempt of an export writes to (see tasks.export).
+EXPORT_FILE = "export_file"
 
 
 def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +59,15 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
         "error": doc["error"],
         "created_at": isoformat(doc["created_at"]),
         "updated_at": isoformat(doc["updated_at"]),
+        "result_url": result_url(doc),
     }
+
+
+def result_url(doc: dict[str, Any]) -> str | None:
+    """Where a finished export is downloaded; None for every other job."""
+    if doc["type"] == "export" and doc["status"] == DONE:
+        return f"/jobs/{doc['_id']}/result"
+    return None
 
 
 class JobStore:
@@ -81,11 +93,26 @@ class JobStore:
             raise ServiceUnavailable(QUEUE_UNAVAILABLE) from None
         return public_job(doc)
 
-    async def get(self, *, owner: ObjectId, job_id: ObjectId) -> dict[str, Any]:
+    async def _find(self, owner: ObjectId, job_id: ObjectId) -> dict[str, Any]:
         doc = await self.collection.find_one({"_id": job_id, "owner": owner})
         if doc is None:
             raise NotFound("job not found")
-        return public_job(doc)
+        return doc
+
+    async def get(self, *, owner: ObjectId, job_id: ObjectId) -> dict[str, Any]:
+        return public_job(await self._find(owner, job_id))
+
+    async def export_file(self, *, owner: ObjectId, job_id: ObjectId) -> exports.ExportFile:
+        """The file of one of the owner's finished exports, opened for reading in chunks."""
+        doc = await self._find(owner, job_id)
+        if doc["type"] != "export":
+            raise Conflict(NOT_AN_EXPORT)
+        if doc["status"] != DONE:
+            raise Conflict(NOT_DONE)
+        return await exports.open_export(
+            self.collection.database, file_id=ObjectId(doc["result"]["file_id"]), job_id=job_id,
+            fmt=doc["result"]["format"],
+        )
 
     async def recent(self, *, owner: ObjectId, limit: int = RECENT_JOBS) -> list[dict[str, Any]]:
         """The owner's latest jobs, newest first."""
@@ -112,6 +139,11 @@ def set_progress(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, done: in
         {"_id": job_id},
         {"$set": {"progress": {"done": done, "total": total}, "updated_at": utc_now()}},
     )
+
+
+def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
+                    file_id: ObjectId) -> None:
+    jobs.update_one({"_id": job_id}, {"$set": {EXPORT_FILE: file_id, "updated_at": utc_now()}})
 
 
 def mark_done(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,

@@ -26,7 +26,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import jobs
+from server import exports, jobs
 from server.cache import VERSION_TTL
 from server.settings import Settings
 
@@ -89,7 +89,7 @@ class WorkerClients:
 
 
 class Job(Protocol):
-    def __call__(self, clients: WorkerClients, *, job_id: ObjectId) -> dict[str, int]: ...
+    def __call__(self, clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]: ...
 
 
 def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
@@ -101,7 +101,7 @@ def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
         pipe.execute()
 
 
-def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, int]:
+def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     """Delete the owner's finished todos older than the job's `older_than_days`."""
     records = clients.db["jobs"]
     job = jobs.mark_running(records, job_id)
@@ -123,6 +123,35 @@ def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, int]:
     return result
 
 
+def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+    """Write the owner's todos, newest first, to a GridFS file in the job's format."""
+    records = clients.db["jobs"]
+    job = jobs.mark_running(records, job_id)
+    if job is None:
+        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
+        return {}
+    owner, fmt = job["owner"], job["params"]["format"]
+    # A redelivery: the attempt before died half-way. Its file (or the chunks of an upload it
+    # never closed) goes before a new one is started, so a job never has two results.
+    if job.get(jobs.EXPORT_FILE) is not None:
+        exports.discard(clients.db, job[jobs.EXPORT_FILE])
+    # The file's id is on the record before its first chunk is written.
+    file_id = ObjectId()
+    jobs.set_export_file(records, job_id, file_id)
+    total = clients.db["todos"].count_documents({"owner": owner})
+    jobs.set_progress(records, job_id, done=0, total=total)
+    rows = exports.write_export(
+        clients.db, owner=owner, job_id=job_id, fmt=fmt, file_id=file_id,
+        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total),
+    )
+    # Todos created or deleted while it ran: the file is the truth.
+    jobs.set_progress(records, job_id, done=rows, total=rows)
+    result = {"rows": rows, "format": fmt, "file_id": str(file_id)}
+    jobs.mark_done(records, job_id, result=result)
+    log.info("job %s: exported %d todos of %s as %s", job_id, rows, owner, fmt)
+    return result
+
+
 def failure_message(exc: BaseException) -> str:
     """What the job's owner is told; the worker's log has the details."""
     if isinstance(exc, TRANSIENT):
@@ -139,7 +168,7 @@ def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException
         log.exception("job %s: could not record its failure", job_id)
 
 
-def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[str, int]:
+def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[str, Any]:
     """Run `work` for the job a message names; a failure that ends the job is recorded."""
     oid = ObjectId(job_id)
     try:
@@ -158,15 +187,19 @@ def register(app: Celery, settings: Settings) -> None:
     """Register every task on `app`, with the clients of the worker that runs them."""
     clients = WorkerClients(settings)
 
-    def run_purge(task: Any, job_id: str) -> dict[str, int]:
+    def run_purge(task: Any, job_id: str) -> dict[str, Any]:
         return run_job(task, clients, job_id, purge)
 
-    app.task(
-        name=jobs.TASKS["purge"],
-        bind=True,
-        autoretry_for=TRANSIENT,
-        retry_backoff=True,
-        retry_backoff_max=RETRY_BACKOFF_MAX,
-        retry_jitter=True,
-        max_retries=MAX_RETRIES,
-    )(run_purge)
+    def run_export(task: Any, job_id: str) -> dict[str, Any]:
+        return run_job(task, clients, job_id, export)
+
+    for kind, run in (("purge", run_purge), ("export", run_export)):
+        app.task(
+            name=jobs.TASKS[kind],
+            bind=True,
+            autoretry_for=TRANSIENT,
+            retry_backoff=True,
+            retry_backoff_max=RETRY_BACKOFF_MAX,
+            retry_jitter=True,
+            max_retries=MAX_RETRIES,
+        )(run)

@@ -23,7 +23,8 @@ DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD_LENGTH = 8
-JOB_TYPES = ("purge",)
+JOB_TYPES = ("purge", "export")
+EXPORT_FORMATS = ("json", "csv")
 MAX_PURGE_DAYS = 3650
 MAX_PASSWORD_LENGTH = 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -180,10 +181,17 @@ def credentials(fields: Mapping[str, Any], *, new_account: bool) -> Credentials:
 
 
 def job_create(fields: Mapping[str, Any]) -> JobCreate:
-    """`{"type": "purge", "older_than_days": N}`: the job to run and its parameters."""
+    """`{"type": "purge", "older_than_days": N}` or `{"type": "export", "format": "json"|"csv"}`:
+    the job to run and its parameters."""
     kind = fields.get("type")
     if kind not in JOB_TYPES:
         raise BadRequest(f"type must be one of: {', '.join(JOB_TYPES)}")
+    if kind == "export":
+        _reject_unknown(fields, {"type", "format"})
+        fmt = fields.get("format")
+        if fmt not in EXPORT_FORMATS:
+            raise BadRequest(f"format must be one of: {', '.join(EXPORT_FORMATS)}")
+        return JobCreate(type=kind, params={"format": fmt})
     _reject_unknown(fields, {"type", "older_than_days"})
     days = fields.get("older_than_days")
     # bool is an int in Python; `true` is not a number of days.

@@ -242,7 +242,7 @@ async def test_get_jobs_lists_the_callers_recent_jobs_only(api, worker):
     ("body", "message"),
     [
         ({}, "type must be one of: purge"),
-        ({"type": "export"}, "type must be one of: purge"),
+        ({"type": "import"}, "type must be one of: purge, export"),
         ({"type": ["purge"]}, "type must be one of: purge"),
         ({"type": "purge"}, "older_than_days must be an integer from 0 to 3650"),
         ({"type": "purge", "older_than_days": -1}, "older_than_days must be an integer"),
