@@ -53,6 +53,17 @@ async def _batches(keys: AsyncIterator[Any], size: int = 500) -> AsyncIterator[l
         yield batch
 
 
+def first_page_keys(prefix: str, owner: str) -> tuple[str, str, str]:
+    """The page, version and lock keys of `owner`'s first page (the workers use them too)."""
+    return f"{prefix}page:{owner}", f"{prefix}version:{owner}", f"{prefix}lock:{owner}"
+
+
+def new_version() -> str:
+    # A random version, unlike a counter, cannot come round to an old value again (after a
+    # Redis restart or the key's expiry) and revive an outdated page.
+    return secrets.token_hex(8)
+
+
 def _wrap(page: bytes, *, fresh_until: int) -> bytes:
     return b"%d|%b" % (fresh_until, page)
 
@@ -91,11 +102,7 @@ class PageCache:
         guard.on_recovery(self._distrust_redis)
 
     def _keys(self, owner: str) -> tuple[str, str, str]:
-        return (
-            self.guard.key("page", owner),
-            self.guard.key("version", owner),
-            self.guard.key("lock", owner),
-        )
+        return first_page_keys(self.guard.prefix, owner)
 
     def _jittered_ttl_ms(self) -> int:
         # Spread expiries so that pages cached together do not all expire together.
@@ -224,9 +231,7 @@ class PageCache:
 
         async def bump(client: Redis) -> None:
             async with client.pipeline(transaction=True) as pipe:
-                # A random version, unlike a counter, cannot come round to an old value again
-                # (after a Redis restart or the key's expiry) and revive an outdated page.
-                pipe.set(version_key, secrets.token_hex(8), ex=VERSION_TTL)
+                pipe.set(version_key, new_version(), ex=VERSION_TTL)
                 pipe.delete(page_key)
                 await pipe.execute()
 

@@ -88,7 +88,7 @@ class RedisGuard:
 
     async def must(self, call: RedisCall) -> None:
         """Run a write that Redis must eventually see; on failure it is queued and replayed."""
-        if await self.run(lambda client: _done(call(client)), default=False):
+        if await self.run(lambda client: done(call(client)), default=False):
             return
         self._repairs.append(call)
         if len(self._repairs) == 1:
@@ -160,6 +160,7 @@ class UntilDone:
             self._running = False
 
 
-async def _done(pending: Awaitable[Any]) -> bool:
+async def done(pending: Awaitable[Any]) -> bool:
+    """Await `pending` and answer True: turns a write into a success flag for run()."""
     await pending
     return True

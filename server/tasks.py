@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,6 +19,7 @@ from bson import ObjectId
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, NetworkTimeout, PyMongoError
 from redis import Redis
@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server import exports, jobs
-from server.cache import VERSION_TTL
+from server.cache import VERSION_TTL, first_page_keys, new_version
 from server.settings import Settings
 
 log = logging.getLogger("todo.tasks")
@@ -95,18 +95,26 @@ class Job(Protocol):
 def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
     """Exactly what server/cache.py's PageCache.invalidate does, from a worker: a new random
     version and no cached page, so every instance's next read of the page comes from MongoDB."""
+    page_key, version_key, _lock_key = first_page_keys(prefix, owner)
     with client.pipeline(transaction=True) as pipe:
-        pipe.set(f"{prefix}version:{owner}", secrets.token_hex(8), ex=VERSION_TTL)
-        pipe.delete(f"{prefix}page:{owner}")
+        pipe.set(version_key, new_version(), ex=VERSION_TTL)
+        pipe.delete(page_key)
         pipe.execute()
+
+
+def _start(records: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
+    """Mark the job running; None (logged) when a redelivery finds it unknown or finished."""
+    job = jobs.mark_running(records, job_id)
+    if job is None:
+        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
+    return job
 
 
 def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     """Delete the owner's finished todos older than the job's `older_than_days`."""
     records = clients.db["jobs"]
-    job = jobs.mark_running(records, job_id)
+    job = _start(records, job_id)
     if job is None:
-        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
         return {}
     owner = job["owner"]
     cutoff = datetime.now(UTC) - timedelta(days=job["params"]["older_than_days"])
@@ -126,9 +134,8 @@ def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
 def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     """Write the owner's todos, newest first, to a GridFS file in the job's format."""
     records = clients.db["jobs"]
-    job = jobs.mark_running(records, job_id)
+    job = _start(records, job_id)
     if job is None:
-        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
         return {}
     owner, fmt = job["owner"], job["params"]["format"]
     # A redelivery: the attempt before died half-way. Its file (or the chunks of an upload it

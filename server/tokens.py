@@ -16,7 +16,6 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,7 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from server.errors import Unauthorized
-from server.redis_guard import RedisGuard, UntilDone
+from server.redis_guard import RedisGuard, UntilDone, done
 
 log = logging.getLogger(__name__)
 # How long Redis's copy of the revocations is trusted before it is rebuilt from MongoDB: the
@@ -143,7 +142,7 @@ class TokenService:
         """
         synced_key = self.guard.key("revocations-synced")
         if clear_marker and not await self.guard.run(
-            lambda r: _done(r.delete(synced_key)), default=False
+            lambda r: done(r.delete(synced_key)), default=False
         ):
             return False
         now = datetime.now(UTC)
@@ -171,7 +170,3 @@ class TokenService:
         log.debug("copied %d token revocations from MongoDB to Redis", len(entries))
         return True
 
-
-async def _done(pending: Awaitable[Any]) -> bool:
-    await pending
-    return True
