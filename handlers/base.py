@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from functools import cached_property
 from types import TracebackType
 from typing import Any
@@ -109,24 +110,30 @@ class APIHandler(RequestHandler):
         if self.request.method not in self.allowed_methods():
             raise HTTPError(405)
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and int(declared) > self.services.settings.max_body_size:
-            raise PayloadTooLarge(self._too_large_message())
+        if declared is not None and int(declared) > self.body_limit:
+            raise PayloadTooLarge(self.too_large_message())
         if self.requires_auth:
             self.current_user = await self._authenticate()
 
-    def data_received(self, chunk: bytes) -> None:
+    @property
+    def body_limit(self) -> int:
+        """The largest body this request may have (a route with uploads raises it)."""
+        return self.services.settings.max_body_size
+
+    def too_large_message(self) -> str:
+        return f"request body is larger than {self.body_limit} bytes"
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._body_size += len(chunk)
-        if self._body_size <= self.services.settings.max_body_size:
+        if self._body_size <= self.body_limit:
             self._chunks.append(chunk)
+        return None
 
     @property
     def body(self) -> bytes:
-        if self._body_size > self.services.settings.max_body_size:
-            raise PayloadTooLarge(self._too_large_message())
+        if self._body_size > self.body_limit:
+            raise PayloadTooLarge(self.too_large_message())
         return b"".join(self._chunks)
-
-    def _too_large_message(self) -> str:
-        return f"request body is larger than {self.services.settings.max_body_size} bytes"
 
     async def _authenticate(self) -> Principal:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
@@ -138,6 +145,8 @@ class APIHandler(RequestHandler):
         self._untrack()
 
     def on_connection_close(self) -> None:
+        # Tornado's own ends a streamed body that will never complete.
+        super().on_connection_close()
         self._untrack()
 
     def _untrack(self) -> None:

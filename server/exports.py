@@ -34,6 +34,11 @@ def filename(job_id: ObjectId, fmt: str) -> str:
     return f"todos-{job_id}.{fmt}"
 
 
+def report_filename(job_id: ObjectId) -> str:
+    """An import's report of the rows it rejected (CSV `line,error`), kept in this bucket too."""
+    return f"import-errors-{job_id}.csv"
+
+
 def _csv_row(todo: dict[str, Any]) -> list[str]:
     # The JSON spelling of each value (true/false, empty for null), so both formats agree.
     return [
@@ -141,3 +146,10 @@ async def open_export(
 ) -> ExportFile:
     stream = await AsyncGridFSBucket(db, bucket_name=BUCKET).open_download_stream(file_id)
     return ExportFile(stream, CONTENT_TYPES[fmt], filename(job_id, fmt))
+
+
+async def open_report(
+    db: AsyncDatabase[dict[str, Any]], *, file_id: ObjectId, job_id: ObjectId
+) -> ExportFile:
+    stream = await AsyncGridFSBucket(db, bucket_name=BUCKET).open_download_stream(file_id)
+    return ExportFile(stream, CONTENT_TYPES["csv"], report_filename(job_id))

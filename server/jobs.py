@@ -24,12 +24,16 @@ from server.todos import isoformat, utc_now
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 RECENT_JOBS = 20
 # Job type -> the Celery task that runs it.
-TASKS = {"purge": "todo.purge", "export": "todo.export"}
+TASKS = {"purge": "todo.purge", "export": "todo.export", "import": "todo.import"}
 QUEUE_UNAVAILABLE = "job queue unavailable, try again shortly"
-NOT_AN_EXPORT = "this job is not an export: it has no file to download"
-NOT_DONE = "the export is not done yet; follow the job until its status is done"
-# Private: the GridFS file the current attempt of an export writes to (see tasks.export).
+NOT_AN_EXPORT = "this job is not an export or an import: it has no file to download"
+NOT_DONE = "the job is not done yet; follow it until its status is done"
+NO_REPORT = "this import rejected no row: it has no error report to download"
+# Private: the GridFS file (bucket `exports`) the current attempt writes to: an export's file
+# (see tasks.export), an import's report of rejected rows (see tasks.import_todos).
 EXPORT_FILE = "export_file"
+# Private: an import's uploaded file (bucket `imports`), deleted once the job has finished.
+IMPORT_FILE = "import_file"
 
 
 def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +68,11 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_url(doc: dict[str, Any]) -> str | None:
-    """Where a finished export is downloaded; None for every other job."""
-    if doc["type"] == "export" and doc["status"] == DONE:
+    """Where a finished export, or a finished import's report of rejected rows, is downloaded;
+    None for every other job."""
+    if doc["status"] == DONE and (
+        doc["type"] == "export" or (doc["type"] == "import" and doc["result"]["rejected"])
+    ):
         return f"/jobs/{doc['_id']}/result"
     return None
 
@@ -76,11 +83,13 @@ class JobStore:
         self.celery = celery
 
     async def start(
-        self, *, owner: ObjectId, kind: str, params: dict[str, Any]
+        self, *, owner: ObjectId, kind: str, params: dict[str, Any],
+        private: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Record a queued job, then hand it to the workers; a 503 if the queue is down."""
+        """Record a queued job, then hand it to the workers; a 503 if the queue is down.
+        `private` fields are kept on the record for the worker, never shown."""
         # The record first: a worker that takes the job at once must find it.
-        doc = new_job(owner, kind, params)
+        doc = {**new_job(owner, kind, params), **(private or {})}
         await self.collection.insert_one(doc)
         try:
             await celery_app.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
@@ -105,10 +114,16 @@ class JobStore:
     async def export_file(self, *, owner: ObjectId, job_id: ObjectId) -> exports.ExportFile:
         """The file of one of the owner's finished exports, opened for reading in chunks."""
         doc = await self._find(owner, job_id)
-        if doc["type"] != "export":
+        if doc["type"] not in ("export", "import"):
             raise Conflict(NOT_AN_EXPORT)
         if doc["status"] != DONE:
             raise Conflict(NOT_DONE)
+        if doc["type"] == "import":
+            if not doc["result"]["rejected"]:
+                raise Conflict(NO_REPORT)
+            return await exports.open_report(
+                self.collection.database, file_id=doc[EXPORT_FILE], job_id=job_id
+            )
         return await exports.open_export(
             self.collection.database, file_id=ObjectId(doc["result"]["file_id"]), job_id=job_id,
             fmt=doc["result"]["format"],

@@ -51,6 +51,8 @@ class Settings:
     redis_timeout: float = 1.0
     redis_prefix: str = "todo:"
     max_body_size: int = 64 * 1024
+    # An import's file (POST /jobs as multipart/form-data): the one route with a large body.
+    max_upload_size: int = 50 * 1024 * 1024
     shutdown_timeout: float = 10.0
     xheaders: bool = False
 
@@ -90,6 +92,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "redis_timeout": (float, "Redis connect and command timeout in seconds (TODO_REDIS_TIMEOUT)"),
     "redis_prefix": (str, "prefix of every Redis key this service writes (TODO_REDIS_PREFIX)"),
     "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),
+    "max_upload_size": (int, "largest accepted import file in bytes, uploaded to POST /jobs as "
+                             "multipart/form-data (TODO_MAX_UPLOAD_SIZE)"),
     "shutdown_timeout": (float, "seconds in-flight requests get to finish on SIGTERM "
                                 "(TODO_SHUTDOWN_TIMEOUT)"),
     "xheaders": (bool, "trust X-Real-IP / X-Forwarded-* (only behind nginx) (TODO_XHEADERS)"),
@@ -221,6 +225,7 @@ def _validate(values: dict[str, Any]) -> None:
          "mongo_op_timeout_ms must be at least mongo_timeout_ms"),
         (values["redis_timeout"] > 0, "redis_timeout must be positive"),
         (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
+        (values["max_upload_size"] >= 1024, "max_upload_size must be at least 1024 bytes"),
         (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
     ]
     for ok, message in checks:

@@ -25,6 +25,10 @@ USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 MIN_PASSWORD_LENGTH = 8
 JOB_TYPES = ("purge", "export")
 EXPORT_FORMATS = ("json", "csv")
+IMPORT_FORMATS = ("json", "csv")
+# What an exported todo holds besides content and is_finished: accepted in an import row (so an
+# export can be imported back) and ignored, since the server sets them.
+IMPORT_IGNORED_FIELDS = frozenset({"id", "created_at", "updated_at", "finished_at"})
 MAX_PURGE_DAYS = 3650
 MAX_PASSWORD_LENGTH = 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -37,6 +41,14 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_LENG
 @dataclass(frozen=True)
 class TodoCreate:
     content: str
+
+
+@dataclass(frozen=True)
+class TodoImport:
+    """One row of an import: a todo as POST /todo creates it, possibly already finished."""
+
+    content: str
+    is_finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,21 @@ def todo_create(fields: Mapping[str, Any]) -> TodoCreate:
     return TodoCreate(content=_content(fields["content"]))
 
 
+def todo_import(fields: Mapping[str, Any]) -> TodoImport:
+    """A row of an import file: `content` under the rules of POST /todo, an optional boolean
+    `is_finished`, and the read-only fields of an export, which are ignored."""
+    _reject_unknown(fields, {"content", "is_finished", *IMPORT_IGNORED_FIELDS})
+    content = todo_create({"content": fields["content"]} if "content" in fields else {}).content
+    is_finished = fields.get("is_finished", False)
+    if not isinstance(is_finished, bool):
+        raise BadRequest("is_finished must be true or false")
+    try:
+        content.encode("utf-8")
+    except UnicodeError:
+        raise BadRequest("content holds a lone surrogate (not valid UTF-8)") from None
+    return TodoImport(content=content, is_finished=is_finished)
+
+
 def todo_update(fields: Mapping[str, Any]) -> TodoUpdate:
     _reject_unknown(fields, {"content", "is_finished"})
     if not fields:
@@ -185,7 +212,8 @@ def job_create(fields: Mapping[str, Any]) -> JobCreate:
     the job to run and its parameters."""
     kind = fields.get("type")
     if kind not in JOB_TYPES:
-        raise BadRequest(f"type must be one of: {', '.join(JOB_TYPES)}")
+        raise BadRequest(f"type must be one of: {', '.join(JOB_TYPES)}"
+                         " (an import is uploaded as multipart/form-data, with a file part)")
     if kind == "export":
         _reject_unknown(fields, {"type", "format"})
         fmt = fields.get("format")
