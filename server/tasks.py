@@ -26,7 +26,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import exports, jobs
+from server import exports, imports, jobs
 from server.cache import VERSION_TTL, first_page_keys, new_version
 from server.settings import Settings
 
@@ -159,6 +159,51 @@ def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     return result
 
 
+def import_todos(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+    """Import the job's uploaded file: every good row once, the rejected ones reported."""
+    records = clients.db["jobs"]
+    job = _start(records, job_id)
+    if job is None:
+        return {}
+    # A redelivery: the report of the attempt before goes, as an export's file does.
+    if job.get(jobs.EXPORT_FILE) is not None:
+        exports.discard(clients.db, job[jobs.EXPORT_FILE])
+    report_id = ObjectId()
+    jobs.set_export_file(records, job_id, report_id)
+    try:
+        result = imports.run(
+            clients.db, job, upload_id=job[jobs.IMPORT_FILE], report_id=report_id,
+            progress=lambda done, total: jobs.set_progress(records, job_id, done=done,
+                                                           total=total),
+        )
+    except imports.ImportFileError as exc:
+        # The file itself is wrong: nothing was imported, and another try would not help.
+        jobs.mark_failed(records, job_id, error=str(exc))
+        log.info("job %s: import refused: %s", job_id, exc)
+        return {"error": str(exc)}
+    # Before the job shows as done: a client that sees "done" must not read a stale page.
+    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix,
+                          owner=str(job["owner"]))
+    jobs.mark_done(records, job_id, result=result)
+    log.info("job %s: imported %d todos of %s (%d duplicates, %d rejected)", job_id,
+             result["imported"], job["owner"], result["duplicates"], result["rejected"])
+    return result
+
+
+def drop_finished_upload(clients: WorkerClients, job_id: str) -> None:
+    """Delete an import's uploaded file once its job is done or failed (a retry still needs
+    it). Also after a redelivery of a job that had finished: the earlier attempt may have died
+    between finishing and this."""
+    try:
+        job = clients.db["jobs"].find_one(
+            {"_id": ObjectId(job_id), "status": {"$in": [jobs.DONE, jobs.FAILED]}}
+        )
+        if job is not None and job.get(jobs.IMPORT_FILE) is not None:
+            imports.discard_upload(clients.db, job[jobs.IMPORT_FILE])
+    except PyMongoError:
+        log.warning("job %s: could not delete its uploaded file", job_id, exc_info=True)
+
+
 def failure_message(exc: BaseException) -> str:
     """What the job's owner is told; the worker's log has the details."""
     if isinstance(exc, TRANSIENT):
@@ -200,7 +245,13 @@ def register(app: Celery, settings: Settings) -> None:
     def run_export(task: Any, job_id: str) -> dict[str, Any]:
         return run_job(task, clients, job_id, export)
 
-    for kind, run in (("purge", run_purge), ("export", run_export)):
+    def run_import(task: Any, job_id: str) -> dict[str, Any]:
+        try:
+            return run_job(task, clients, job_id, import_todos)
+        finally:
+            drop_finished_upload(clients, job_id)
+
+    for kind, run in (("purge", run_purge), ("export", run_export), ("import", run_import)):
         app.task(
             name=jobs.TASKS[kind],
             bind=True,

@@ -1,0 +1,425 @@
+"""Import files, on the worker's side: an uploaded JSON or CSV file read back from GridFS
+(bucket `imports`), parsed and validated a row at a time, and inserted in batches.
+
+Two passes, both streaming (no more than a GridFS chunk and one row at a time in memory):
+1. every row is parsed and validated with the rules of POST /todo; rows are counted and the
+   rejected ones written, as `line,error`, to a report in GridFS (bucket `exports`). A file
+   that cannot be read at all, or holds too many rows, fails the job before anything is
+   imported (`ImportFileError`).
+2. the good rows are inserted in batches, each under a key made of the file's sha256 and the
+   row's line, on the unique (owner, idempotency_key) index: a row already there (the same file
+   imported before, or an earlier attempt of this job that a dead worker left half done) is
+   skipped by MongoDB, so every row exists once, however often the job runs.
+
+Synchronous: it runs in a Celery worker, with pymongo's synchronous client.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import hashlib
+import io
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from gridfs import GridFSBucket, NoFile
+from gridfs.synchronous.grid_file import GridIn
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from server import exports
+from server.errors import BadRequest
+from server.todos import IDEMPOTENCY_KEY, new_todo
+from server.uploads import BUCKET
+from server.validation import IMPORT_IGNORED_FIELDS, TodoImport, todo_import
+
+MAX_IMPORT_ROWS = 100_000
+# Rows per insert_many; progress is recorded after each.
+BATCH = 1000
+# Rejected rows listed in the job's result (every one of them is in the downloadable report):
+# GET /jobs shows 20 jobs with their results, which must stay small.
+MAX_LISTED_ERRORS = 100
+# The longest line (CSV, JSON Lines) or JSON array element read; a valid row is far shorter.
+MAX_ROW_CHARS = 1024 * 1024
+DUPLICATE_KEY = 11000
+REPORT_HEADER = ("line", "error")
+CSV_TRUE, CSV_FALSE = ("true", "1"), ("false", "0", "")
+_NON_SPACE = re.compile(r"[^ \t\r\n]")
+_DECODER = json.JSONDecoder()
+
+
+class ImportFileError(Exception):
+    """The file as a whole cannot be imported; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # the file's line (1-based) where the row starts
+    todo: TodoImport | None
+    error: str | None = None
+
+
+def import_key(sha256: str, line: int) -> str:
+    """The key a row is inserted under. A tab is not printable ASCII, which every client
+    Idempotency-Key is: the two kinds of key never meet."""
+    return f"import\t{sha256}\t{line}"
+
+
+# -- reading the file -------------------------------------------------------------------------
+def _texts(chunks: Iterable[bytes], digest: Any = None) -> Iterator[str]:
+    """The file's text, chunk by chunk; a UTF-8 byte order mark is dropped."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset = 0
+    try:
+        for chunk in chunks:
+            if digest is not None:
+                digest.update(chunk)
+            yield decoder.decode(chunk)
+            offset += len(chunk)
+        yield decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(
+            f"the file is not valid UTF-8 (near byte {offset + exc.start})"
+        ) from None
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    """Lines with their endings, as csv.reader wants them; none longer than MAX_ROW_CHARS."""
+    pending: list[str] = []
+    size, number = 0, 1
+    for text in texts:
+        start = 0
+        while (end := text.find("\n", start)) != -1:
+            pending.append(text[start:end + 1])
+            yield "".join(pending)
+            pending.clear()
+            size, number, start = 0, number + 1, end + 1
+        if start < len(text):
+            pending.append(text[start:])
+            size += len(text) - start
+            if size > MAX_ROW_CHARS:
+                raise ImportFileError(f"line {number} is longer than {MAX_ROW_CHARS} characters")
+    if pending:
+        yield "".join(pending)
+
+
+def _row(line: int, fields: Any) -> Row:
+    if not isinstance(fields, dict):
+        return Row(line, None, "the row is not a JSON object")
+    try:
+        return Row(line, todo_import(fields))
+    except BadRequest as exc:
+        return Row(line, None, exc.message)
+
+
+def csv_rows(texts: Iterable[str]) -> Iterator[Row]:
+    """The rows of a CSV file with a header row (`content`, optionally `is_finished`, and the
+    columns of an export, ignored); a record may span lines inside quotes."""
+    reader = csv.reader(_lines(texts), strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if "content" not in header:
+            raise ImportFileError("the CSV file's first row must be a header naming a"
+                                  " content column")
+        allowed = {"content", "is_finished", *IMPORT_IGNORED_FIELDS}
+        for name in header:
+            if name not in allowed:
+                raise ImportFileError(f"unknown column {name!r} in the CSV header; allowed:"
+                                      f" {', '.join(sorted(allowed))}")
+            if header.count(name) > 1:
+                raise ImportFileError(f"column {name!r} appears twice in the CSV header")
+        start = reader.line_num + 1
+        for record in reader:
+            line, start = start, reader.line_num + 1
+            if not record:
+                continue  # a blank line
+            if len(record) != len(header):
+                yield Row(line, None, f"the row has {len(record)} fields; the header has"
+                                      f" {len(header)}")
+                continue
+            yield _row(line, _csv_fields(dict(zip(header, record, strict=True))))
+    except csv.Error as exc:
+        raise ImportFileError(f"the CSV file is malformed at line {reader.line_num}: {exc}"
+                              ) from None
+
+
+def _csv_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if "is_finished" in fields:
+        flag = fields["is_finished"].strip().lower()
+        # Anything else stays a string, which validation refuses like a JSON one.
+        fields["is_finished"] = True if flag in CSV_TRUE else False if flag in CSV_FALSE \
+            else fields["is_finished"]
+    return fields
+
+
+class _JsonText:
+    """A sliding window over the file's text, for JSONDecoder.raw_decode, knowing its line."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts = iter(texts)
+        self.buffer = ""
+        self.pos = 0
+        self.line = 1
+        self.eof = False
+
+    def more(self) -> bool:
+        for text in self.texts:
+            if text:
+                self.buffer = self.buffer[self.pos:] + text
+                self.pos = 0
+                return True
+        self.eof = True
+        return False
+
+    def advance(self, to: int) -> None:
+        self.line += self.buffer.count("\n", self.pos, to)
+        self.pos = to
+
+    def peek(self) -> str | None:
+        """The next character that is not white space (not consumed); None at the end."""
+        while True:
+            found = _NON_SPACE.search(self.buffer, self.pos)
+            if found:
+                self.advance(found.start())
+                return self.buffer[self.pos]
+            self.advance(len(self.buffer))
+            if not self.more():
+                return None
+
+    def value(self) -> Any:
+        """The JSON value starting here, read as far as the file needs."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buffer, self.pos)
+                # A value that reaches the end of the window may go on (a number, cut short).
+                if end < len(self.buffer) or self.eof:
+                    self.advance(end)
+                    return value
+            except json.JSONDecodeError as exc:
+                if self.eof or len(self.buffer) - self.pos > MAX_ROW_CHARS:
+                    at = self.line + self.buffer.count("\n", self.pos, exc.pos)
+                    raise ImportFileError(f"the file is not valid JSON: {exc.msg} at line {at}"
+                                          ) from None
+            except RecursionError:
+                raise ImportFileError(f"the JSON element at line {self.line} is nested too"
+                                      " deeply") from None
+            self.more()
+
+    def expect_end(self, what: str) -> None:
+        if self.peek() is not None:
+            raise ImportFileError(f"the file is not valid JSON: unexpected data after {what}"
+                                  f" at line {self.line}")
+
+
+def json_rows(texts: Iterable[str]) -> Iterator[Row]:
+    """The rows of a JSON array of objects, or of JSON Lines (one object per line)."""
+    window = _JsonText(texts)
+    first = window.peek()
+    if first == "{":
+        yield from _json_lines(window)
+        return
+    if first is None:
+        raise ImportFileError("the file holds no JSON, only white space")
+    if first != "[":
+        raise ImportFileError("a JSON import must be an array of objects, or one object per"
+                              " line (JSON Lines)")
+    window.advance(window.pos + 1)
+    if window.peek() == "]":
+        window.advance(window.pos + 1)
+    else:
+        while True:
+            if window.peek() is None:
+                break
+            line = window.line
+            yield _row(line, window.value())
+            following = window.peek()
+            if following is None:
+                break
+            window.advance(window.pos + 1)
+            if following == "]":
+                window.expect_end("the array")
+                return
+            if following != ",":
+                raise ImportFileError(f"the file is not valid JSON: expected ',' or ']' at"
+                                      f" line {window.line}")
+        raise ImportFileError("the file is not valid JSON: the array is not closed")
+
+
+def _json_lines(window: _JsonText) -> Iterator[Row]:
+    rest = window.buffer[window.pos:]
+    for number, text in enumerate(_lines(itertools.chain([rest], window.texts)),
+                                  start=window.line):
+        if not text.strip():
+            continue
+        try:
+            yield _row(number, json.loads(text))
+        except json.JSONDecodeError as exc:
+            yield Row(number, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:
+            yield Row(number, None, "not valid JSON: nested too deeply")
+
+
+def rows(fmt: str, chunks: Iterable[bytes], digest: Any = None) -> Iterator[Row]:
+    texts = _texts(chunks, digest)
+    return csv_rows(texts) if fmt == "csv" else json_rows(texts)
+
+
+# -- the two passes -----------------------------------------------------------------------------
+def _chunks(db: Database[dict[str, Any]], file_id: ObjectId) -> Iterator[bytes]:
+    try:
+        stream = GridFSBucket(db, bucket_name=BUCKET).open_download_stream(file_id)
+    except NoFile:
+        raise ImportFileError("the uploaded file is gone; upload it again") from None
+    with stream:
+        while chunk := stream.readchunk():
+            yield chunk
+
+
+def discard_upload(db: Database[dict[str, Any]], file_id: ObjectId) -> None:
+    with contextlib.suppress(NoFile):
+        GridFSBucket(db, bucket_name=BUCKET).delete(file_id)
+
+
+class _Report:
+    """The rejected rows as CSV `line,error`, written to GridFS a thousand rows at a time."""
+
+    def __init__(self, db: Database[dict[str, Any]], file_id: ObjectId,
+                 job: dict[str, Any]) -> None:
+        bucket = GridFSBucket(db, bucket_name=exports.BUCKET)
+        self.stream: GridIn = bucket.open_upload_stream_with_id(
+            file_id, exports.report_filename(job["_id"]),
+            metadata={"job": job["_id"], "owner": job["owner"], "format": "csv"},
+        )
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\r\n")
+        self.writer.writerow(REPORT_HEADER)
+        self.rows = 0
+
+    def add(self, row: Row) -> None:
+        self.writer.writerow((row.line, row.error))
+        self.rows += 1
+        if self.rows % BATCH == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.stream.write(self.buffer.getvalue().encode("utf-8"))
+        self.buffer.seek(0)
+        self.buffer.truncate()
+
+    def close(self) -> None:
+        self._flush()
+        self.stream.close()
+
+
+@dataclass
+class Checked:
+    good: int = 0
+    rejected: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: ObjectId,
+          report_id: ObjectId) -> Checked:
+    """Pass 1: parse and validate every row; the rejected ones go to the report `report_id`
+    (deleted again when there are none)."""
+    params = job["params"]
+    digest = hashlib.sha256()
+    report = _Report(db, report_id, job)
+    checked = Checked()
+    try:
+        found = rows(params["format"], _chunks(db, upload_id), digest)
+        for count, row in enumerate(found, start=1):
+            if count > MAX_IMPORT_ROWS:
+                raise ImportFileError(f"the file has more than {MAX_IMPORT_ROWS} rows; split it"
+                                      " into smaller files")
+            if row.error is None:
+                checked.good += 1
+                continue
+            checked.rejected += 1
+            report.add(row)
+            if len(checked.errors) < MAX_LISTED_ERRORS:
+                checked.errors.append({"line": row.line, "error": row.error})
+        if digest.hexdigest() != params["sha256"]:
+            raise ImportFileError("the uploaded file is damaged (its sha256 differs from the"
+                                  " upload's); upload it again")
+    except BaseException:
+        report.stream.abort()
+        raise
+    if checked.rejected:
+        report.close()
+    else:
+        report.stream.abort()
+    return checked
+
+
+def _document(owner: ObjectId, row: Row, sha256: str, created_at: datetime) -> dict[str, Any]:
+    assert row.todo is not None
+    doc = new_todo(owner, row.todo.content, import_key(sha256, row.line))
+    doc["created_at"] = created_at
+    if row.todo.is_finished:
+        doc.update(is_finished=True, finished_at=created_at)
+    return doc
+
+
+def _insert(todos: Collection[dict[str, Any]], owner: ObjectId,
+            batch: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert a batch; (rows inserted, rows that were there already)."""
+    try:
+        todos.insert_many(batch, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        if any(error["code"] != DUPLICATE_KEY for error in errors):
+            raise
+        # Inserted by an earlier attempt of this very job (a worker died half-way): those
+        # rows have the job's created_at for them, so they count as imported, not duplicates.
+        expected = {batch[e["index"]][IDEMPOTENCY_KEY]: batch[e["index"]]["created_at"]
+                    for e in errors}
+        found = todos.find({"owner": owner, IDEMPOTENCY_KEY: {"$in": list(expected)}},
+                           {IDEMPOTENCY_KEY: True, "created_at": True})
+        ours = sum(1 for doc in found if expected.get(doc[IDEMPOTENCY_KEY]) == doc["created_at"])
+        return exc.details["nInserted"] + ours, len(errors) - ours
+    return len(batch), 0
+
+
+def insert(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: ObjectId,
+           progress: Callable[[int], None]) -> tuple[int, int]:
+    """Pass 2: insert the good rows; (imported, duplicates). The first row of the file is the
+    newest todo, at the job's creation, each next one a millisecond older: GET /todo lists
+    them in the file's order, and an export imported back keeps its order."""
+    owner, sha256, newest = job["owner"], job["params"]["sha256"], job["created_at"]
+    todos = db["todos"]
+    imported = duplicates = done = 0
+    batch: list[dict[str, Any]] = []
+    good = (row for row in rows(job["params"]["format"], _chunks(db, upload_id))
+            if row.todo is not None)
+    for row in itertools.chain(good, [None]):
+        if row is not None:
+            created_at = newest - timedelta(milliseconds=done + len(batch))
+            batch.append(_document(owner, row, sha256, created_at))
+        if batch and (row is None or len(batch) == BATCH):
+            inserted, skipped = _insert(todos, owner, batch)
+            imported, duplicates = imported + inserted, duplicates + skipped
+            done += len(batch)
+            batch = []
+            progress(done)
+    return imported, duplicates
+
+
+def run(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: ObjectId,
+        report_id: ObjectId, progress: Callable[[int, int | None], None]) -> dict[str, Any]:
+    """Both passes; the job's result. ImportFileError when the file cannot be imported."""
+    checked = check(db, job, upload_id=upload_id, report_id=report_id)
+    progress(0, checked.good)
+    imported, duplicates = insert(db, job, upload_id=upload_id,
+                                  progress=lambda done: progress(done, checked.good))
+    return {"imported": imported, "duplicates": duplicates, "rejected": checked.rejected,
+            "errors": checked.errors}
