@@ -125,6 +125,7 @@ def csv_rows(texts: Iterable[str]) -> Iterator[Row]:
     """The rows of a CSV file with a header row (`content`, optionally `is_finished`, and the
     columns of an export, ignored); a record may span lines inside quotes."""
     reader = csv.reader(_lines(texts), strict=True)
+    start = 1  # the line where the record being read starts
     try:
         header = [name.strip() for name in next(reader, [])]
         if "content" not in header:
@@ -148,8 +149,7 @@ def csv_rows(texts: Iterable[str]) -> Iterator[Row]:
                 continue
             yield _row(line, _csv_fields(dict(zip(header, record, strict=True))))
     except csv.Error as exc:
-        raise ImportFileError(f"the CSV file is malformed at line {reader.line_num}: {exc}"
-                              ) from None
+        raise ImportFileError(f"the CSV record at line {start} is malformed: {exc}") from None
 
 
 def _csv_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +261,7 @@ def _json_lines(window: _JsonText) -> Iterator[Row]:
         if not text.strip():
             continue
         try:
-            yield _row(number, json.loads(text))
+            yield _row(number, json.loads(text.rstrip("\r\n")))
         except json.JSONDecodeError as exc:
             yield Row(number, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
         except RecursionError:

@@ -28,6 +28,11 @@ INDEXES: dict[str, list[IndexModel]] = {
     # A user's recent jobs, newest first (GET /jobs).
     "jobs": [IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
                         name="owner_created_at")],
+    # GridFS's own indexes for the uploads (server/uploads.py writes the chunks itself).
+    "imports.chunks": [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True,
+                                  name="files_id_1_n_1")],
+    "imports.files": [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)],
+                                 name="filename_1_uploadDate_1")],
     "users": [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")],
     # Revocations disappear once the token they revoke has expired anyway.
     "revoked_tokens": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0,

@@ -2,8 +2,12 @@
 
 The file part goes to GridFS (bucket `imports`) a piece at a time and is hashed (sha256) on the
 way; the other parts are two small text fields. The instance never holds the file: at most one
-network chunk and GridFS's write buffer (one 255 KiB chunk) are in memory. Every write awaits
-MongoDB before the next network chunk is read, which is the back-pressure on the client.
+network chunk and one GridFS chunk (255 KiB) are in memory. Every chunk's insert is awaited
+before the next network chunk is read, which is the back-pressure on the client.
+
+The chunks are written here, by the GridFS layout (`imports.chunks` {files_id, n, data}, then
+the `imports.files` document once complete), not with pymongo's GridIn: GridIn keeps up to
+32 MB of chunks in memory before it inserts them.
 
 A body found bad (malformed, a field missing or unknown, over a limit) is read to its end but
 no longer stored: what was written is deleted at once, and the request answers 400 or 413.
@@ -12,7 +16,6 @@ no longer stored: what was written is deleted at once, and the request answers 4
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -20,20 +23,20 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from bson import ObjectId
-from gridfs import AsyncGridFSBucket, NoFile
-from gridfs.asynchronous.grid_file import AsyncGridIn
+from bson import Binary, ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from server.errors import ApiError, BadRequest, PayloadTooLarge
+from server.todos import utc_now
 from server.validation import IMPORT_FORMATS, media_type
 
 log = logging.getLogger("todo.uploads")
 
 BUCKET = "imports"
+CHUNK_SIZE = 255 * 1024  # GridFS's default
 FILE_FIELD = "file"
 TEXT_FIELDS = ("type", "format")
 MAX_FIELD_SIZE = 1024
@@ -102,6 +105,52 @@ def _safe_filename(raw: bytes | None) -> str:
     return name[:255] or "upload"
 
 
+class GridFSWriter:
+    """One GridFS file written a chunk at a time, each chunk inserted as soon as it is full."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], file_id: ObjectId, filename: str,
+                 metadata: dict[str, Any]) -> None:
+        self.files = db[f"{BUCKET}.files"]
+        self.chunks = db[f"{BUCKET}.chunks"]
+        self.file_id = file_id
+        self.filename = filename
+        self.metadata = metadata
+        self.buffer = bytearray()
+        self.chunk_number = 0
+        self.length = 0
+        self.closed = False
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= CHUNK_SIZE:
+            await self._insert_chunk(bytes(self.buffer[:CHUNK_SIZE]))
+            del self.buffer[:CHUNK_SIZE]
+
+    async def _insert_chunk(self, data: bytes) -> None:
+        await self.chunks.insert_one(
+            {"files_id": self.file_id, "n": self.chunk_number, "data": Binary(data)}
+        )
+        self.chunk_number += 1
+        self.length += len(data)
+
+    async def close(self) -> None:
+        """Write the last chunk, then the file document: only now does the file exist."""
+        if self.buffer:
+            await self._insert_chunk(bytes(self.buffer))
+            self.buffer.clear()
+        await self.files.insert_one({
+            "_id": self.file_id, "length": self.length, "chunkSize": CHUNK_SIZE,
+            "uploadDate": utc_now(), "filename": self.filename, "metadata": self.metadata,
+        })
+        self.closed = True
+
+    async def delete(self) -> None:
+        """Delete the file, or the chunks of one never closed."""
+        self.buffer.clear()
+        await self.files.delete_one({"_id": self.file_id})
+        await self.chunks.delete_many({"files_id": self.file_id})
+
+
 class ImportUpload:
     """Feed it the body's chunks as they arrive, then `finish()` (or `discard()`)."""
 
@@ -120,8 +169,8 @@ class ImportUpload:
         self.received = 0
         self.size = 0
         self.fields: dict[str, bytearray] = {}
-        self._bucket = AsyncGridFSBucket(db, bucket_name=BUCKET)
-        self._stream: AsyncGridIn | None = None
+        self._db = db
+        self._stream: GridFSWriter | None = None
         self._file: _Part | None = None
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
@@ -173,9 +222,8 @@ class ImportUpload:
             self._fail(BadRequest(f"field {name!r} must be given once"))
         elif name == FILE_FIELD:
             self._file = self._part
-            self._stream = self._bucket.open_upload_stream_with_id(
-                self.file_id, self._part.filename, metadata={"owner": self.owner}
-            )
+            self._stream = GridFSWriter(self._db, self.file_id, self._part.filename,
+                                        metadata={"owner": self.owner})
         elif name in TEXT_FIELDS:
             self.fields[name] = bytearray()
         else:
@@ -260,10 +308,7 @@ class ImportUpload:
         if self._discarded or self._stream is None:
             return
         self._discarded = True
-        if not self._stream.closed:
-            await self._stream.abort()  # deletes the chunks written so far
-        with contextlib.suppress(NoFile):
-            await self._bucket.delete(self.file_id)
+        await self._stream.delete()
 
     def _validate(self) -> None:
         if not self._ended:
