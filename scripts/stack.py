@@ -35,6 +35,7 @@ from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, find_mongod, find_redis_server, port_in_use
 from server.celery_app import load_celery_config
 from server.settings import PROJECT_ROOT, Settings, load_or_create_secret
+from server.uploads import body_limit as upload_body_limit
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"
@@ -83,6 +84,8 @@ class StackConfig:
     rate_limit_burst: int = 100
     rate_limit_exempt: tuple[str, ...] = ("127.0.0.1",)
     max_body_size: int = 64 * 1024
+    # An import's file (the instances' max_upload_size default); nginx lets only /jobs have it.
+    max_upload_size: int = 50 * 1024 * 1024
 
     @property
     def root(self) -> Path:
@@ -173,13 +176,17 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         for port in cfg.ports
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
+    proxy = render("nginx-proxy.conf.in", {
+        "rate_limit_burst": cfg.rate_limit_burst, "upstream_tries": max(2, min(cfg.instances, 3)),
+    }).split("\n", 2)[2].rstrip("\n")  # without the snippet's own two comment lines
     return render("nginx.conf.in", {
         "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),
         "nginx_temp": cfg.path("nginx-temp"), "listen": cfg.listen,
         "http_port": cfg.http_port, "https_port": cfg.https_port,
-        "upstream_servers": servers, "upstream_tries": max(2, min(cfg.instances, 3)),
-        "rate_limit": cfg.rate_limit, "rate_limit_burst": cfg.rate_limit_burst,
+        "upstream_servers": servers, "rate_limit": cfg.rate_limit,
         "rate_limit_exempt": exempt, "max_body_size": cfg.max_body_size,
+        "max_upload_size": cfg.max_upload_size,
+        "max_upload_body_size": upload_body_limit(cfg.max_upload_size), "proxy": proxy,
         "open_files": open_files_limit(), "worker_connections": open_files_limit() // 2,
     })
 

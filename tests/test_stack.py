@@ -25,6 +25,7 @@ from scripts import stack
 from scripts.local_services import alive, free_port
 from tests.conftest import Api, error_of
 from tests.stack_load import Load
+from tests.test_import import MULTIPART, form
 
 
 def consecutive_free_ports(count: int) -> int:
@@ -146,13 +147,25 @@ def test_a_greedy_client_gets_a_json_429(cfg):
     assert {status for status, _ in local} == {200}
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_nginx_refuses_a_body_over_the_limit_with_json_413(cfg, api):
+@pytest.mark.gen_test(timeout=120)
+async def test_nginx_refuses_a_body_over_the_limit_with_json_413_but_streams_imports(cfg, api):
     token = await api.register("too_big")
     reply = await api.post("/todo", token=token, json_body={"content": "x" * (70 * 1024)})
     assert error_of(reply) == (413, f"request body is larger than {cfg.max_body_size} bytes")
     listed = await api.get("/todo", token=token)
     assert listed.json["data"] == []
+    # The one exception: an import's upload on /jobs, streamed through to an instance.
+    data = b"content\n" + b"imported through nginx and streamed\n" * 5000
+    assert len(data) > 2 * cfg.max_body_size
+    queued = await api.post("/jobs", token=token, body=form(data), headers=MULTIPART)
+    assert queued.status == 202, queued.json
+    assert queued.json["params"]["size"] == len(data)
+    for _ in range(600):
+        job = (await api.get(queued.headers["Location"], token=token)).json
+        if job["status"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert (job["status"], job["result"]["imported"]) == ("done", 5000), job
 
 
 @pytest.mark.gen_test(timeout=60)
