@@ -81,6 +81,7 @@ def test_dashed_options_and_boolean_flags(tmp_path):
         ([], {"TODO_RESULT_BACKEND": "redis://127.0.0.1:6379"},
          "result_backend must be another Redis database than redis_url's"),
         (["--mongo-timeout-ms=2000", "--mongo-op-timeout-ms=1000"], {}, "mongo_op_timeout_ms"),
+        ([], {"TODO_MAX_UPLOAD_SIZE": "100"}, "max_upload_size must be at least 1024 bytes"),
     ],
 )
 def test_a_bad_setting_is_one_clear_line(tmp_path, argv, env, message):
@@ -148,3 +149,15 @@ def test_an_unreadable_secret_file_is_one_clear_line(tmp_path):
 
 def test_settings_defaults_match_the_dataclass():
     assert Settings().max_body_size == 64 * 1024
+    assert Settings().max_upload_size == 50 * 1024 * 1024
+
+
+def test_the_upload_limit_comes_from_every_source(tmp_path):
+    conf = write_conf(tmp_path, "[todo]\nmax_upload_size = 2048\n")
+    assert load_settings([], env={"TODO_CONF": conf, "TODO_SECRET": SECRET}).max_upload_size == 2048
+    from_env = load_settings([], env={"TODO_CONF": conf, "TODO_SECRET": SECRET,
+                                      "TODO_MAX_UPLOAD_SIZE": "4096"})
+    assert from_env.max_upload_size == 4096
+    from_argv = load_settings(["--max-upload-size", "8192"],
+                              env={"TODO_CONF": conf, "TODO_SECRET": SECRET})
+    assert from_argv.max_upload_size == 8192
