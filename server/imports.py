@@ -51,7 +51,7 @@ MAX_LISTED_ERRORS = 100
 # The longest line (CSV, JSON Lines) or JSON array element read; a valid row is far shorter.
 MAX_ROW_CHARS = 1024 * 1024
 DUPLICATE_KEY = 11000
-REPORT_HEADER = ("line", "error")
+REPORT_HEADER = ("row", "line", "error")
 CSV_TRUE, CSV_FALSE = ("true", "1"), ("false", "0", "")
 _NON_SPACE = re.compile(r"[^ \t\r\n]")
 _DECODER = json.JSONDecoder()
@@ -66,12 +66,14 @@ class Row:
     line: int  # the file's line (1-based) where the row starts
     todo: TodoImport | None
     error: str | None = None
+    number: int = 0  # the row's place in the file, 1-based (a JSON line may hold many rows)
 
 
-def import_key(sha256: str, line: int) -> str:
-    """The key a row is inserted under. A tab is not printable ASCII, which every client
+def import_key(sha256: str, number: int) -> str:
+    """The key a row is inserted under: the file's and the row's place in it (not its line:
+    a JSON line may hold many rows). A tab is not printable ASCII, which every client
     Idempotency-Key is: the two kinds of key never meet."""
-    return f"import\t{sha256}\t{line}"
+    return f"import\t{sha256}\t{number}"
 
 
 # -- reading the file -------------------------------------------------------------------------
@@ -269,8 +271,11 @@ def _json_lines(window: _JsonText) -> Iterator[Row]:
 
 
 def rows(fmt: str, chunks: Iterable[bytes], digest: Any = None) -> Iterator[Row]:
+    """The file's rows, numbered."""
     texts = _texts(chunks, digest)
-    return csv_rows(texts) if fmt == "csv" else json_rows(texts)
+    found = csv_rows(texts) if fmt == "csv" else json_rows(texts)
+    for number, row in enumerate(found, start=1):
+        yield Row(row.line, row.todo, row.error, number)
 
 
 # -- the two passes -----------------------------------------------------------------------------
@@ -305,7 +310,7 @@ class _Report:
         self.rows = 0
 
     def add(self, row: Row) -> None:
-        self.writer.writerow((row.line, row.error))
+        self.writer.writerow((row.number, row.line, row.error))
         self.rows += 1
         if self.rows % BATCH == 0:
             self._flush()
@@ -347,7 +352,8 @@ def check(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: Objec
             checked.rejected += 1
             report.add(row)
             if len(checked.errors) < MAX_LISTED_ERRORS:
-                checked.errors.append({"line": row.line, "error": row.error})
+                checked.errors.append({"row": row.number, "line": row.line,
+                                       "error": row.error})
         if digest.hexdigest() != params["sha256"]:
             raise ImportFileError("the uploaded file is damaged (its sha256 differs from the"
                                   " upload's); upload it again")
@@ -363,7 +369,7 @@ def check(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: Objec
 
 def _document(owner: ObjectId, row: Row, sha256: str, created_at: datetime) -> dict[str, Any]:
     assert row.todo is not None
-    doc = new_todo(owner, row.todo.content, import_key(sha256, row.line))
+    doc = new_todo(owner, row.todo.content, import_key(sha256, row.number))
     doc["created_at"] = created_at
     if row.todo.is_finished:
         doc.update(is_finished=True, finished_at=created_at)
@@ -372,22 +378,33 @@ def _document(owner: ObjectId, row: Row, sha256: str, created_at: datetime) -> d
 
 def _insert(todos: Collection[dict[str, Any]], owner: ObjectId,
             batch: list[dict[str, Any]]) -> tuple[int, int]:
-    """Insert a batch; (rows inserted, rows that were there already)."""
-    try:
-        todos.insert_many(batch, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details["writeErrors"]
-        if any(error["code"] != DUPLICATE_KEY for error in errors):
-            raise
-        # Inserted by an earlier attempt of this very job (a worker died half-way): those
-        # rows have the job's created_at for them, so they count as imported, not duplicates.
-        expected = {batch[e["index"]][IDEMPOTENCY_KEY]: batch[e["index"]]["created_at"]
-                    for e in errors}
-        found = todos.find({"owner": owner, IDEMPOTENCY_KEY: {"$in": list(expected)}},
-                           {IDEMPOTENCY_KEY: True, "created_at": True})
-        ours = sum(1 for doc in found if expected.get(doc[IDEMPOTENCY_KEY]) == doc["created_at"])
-        return exc.details["nInserted"] + ours, len(errors) - ours
-    return len(batch), 0
+    """Insert the rows of a batch not there yet; (rows imported, rows that were there)."""
+    expected = {doc[IDEMPOTENCY_KEY]: doc["created_at"] for doc in batch}
+    existing = _existing(todos, owner, list(expected))
+    fresh = [doc for doc in batch if doc[IDEMPOTENCY_KEY] not in existing]
+    inserted = len(fresh)
+    if fresh:
+        try:
+            todos.insert_many(fresh, ordered=False)
+        except BulkWriteError as exc:
+            # Inserted since the look-up, by another import of the same file running now.
+            errors = exc.details["writeErrors"]
+            if any(error["code"] != DUPLICATE_KEY for error in errors):
+                raise
+            inserted = exc.details["nInserted"]
+            raced = [fresh[error["index"]][IDEMPOTENCY_KEY] for error in errors]
+            existing.update(_existing(todos, owner, raced))
+    # Rows with this job's own created_at were inserted by an earlier attempt of this very job
+    # (a worker died half-way): imported, not duplicates.
+    ours = sum(1 for key, created_at in existing.items() if expected[key] == created_at)
+    return inserted + ours, len(existing) - ours
+
+
+def _existing(todos: Collection[dict[str, Any]], owner: ObjectId,
+              keys: list[str]) -> dict[str, datetime]:
+    found = todos.find({"owner": owner, IDEMPOTENCY_KEY: {"$in": keys}},
+                       {IDEMPOTENCY_KEY: True, "created_at": True})
+    return {doc[IDEMPOTENCY_KEY]: doc["created_at"] for doc in found}
 
 
 def insert(db: Database[dict[str, Any]], job: dict[str, Any], *, upload_id: ObjectId,

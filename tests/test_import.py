@@ -147,14 +147,14 @@ BAD_JSON = b"""[
 ]
 """ % (b"x" * 1001)
 BAD_JSON_ERRORS = [
-    {"line": 3, "error": "content must not be empty"},
-    {"line": 4, "error": "content must be at most 1000 characters"},
-    {"line": 6, "error": "is_finished must be true or false"},
-    {"line": 7, "error": "unknown field 'owner'; allowed: content, created_at, finished_at, id,"
-                         " is_finished, updated_at"},
-    {"line": 8, "error": "the row is not a JSON object"},
-    {"line": 9, "error": "content must be a string"},
-    {"line": 10, "error": "content is required"},
+    {"row": 2, "line": 3, "error": "content must not be empty"},
+    {"row": 3, "line": 4, "error": "content must be at most 1000 characters"},
+    {"row": 5, "line": 6, "error": "is_finished must be true or false"},
+    {"row": 6, "line": 7, "error": "unknown field 'owner'; allowed: content, created_at,"
+                                   " finished_at, id, is_finished, updated_at"},
+    {"row": 7, "line": 8, "error": "the row is not a JSON object"},
+    {"row": 8, "line": 9, "error": "content must be a string"},
+    {"row": 9, "line": 10, "error": "content is required"},
 ]
 BAD_JSON_GOOD = ["first", "finished", "from an export", "$ne"]
 
@@ -170,9 +170,9 @@ BAD_CSV = (
     b'seven,\r\n'
 )
 BAD_CSV_ERRORS = [
-    {"line": 5, "error": "content must not be empty"},
-    {"line": 6, "error": "is_finished must be true or false"},
-    {"line": 8, "error": "the row has 3 fields; the header has 2"},
+    {"row": 3, "line": 5, "error": "content must not be empty"},
+    {"row": 4, "line": 6, "error": "is_finished must be true or false"},
+    {"row": 5, "line": 8, "error": "the row has 3 fields; the header has 2"},
 ]
 BAD_CSV_GOOD = ["one", 'two\r\nlines, and a "quote"', "five\nsix", "seven"]
 
@@ -184,9 +184,9 @@ BAD_JSON_LINES = (
     b'"just a string"\n'
 )
 BAD_JSON_LINES_ERRORS = [
-    {"line": 2, "error": "not valid JSON: Expecting property name enclosed in double quotes at"
-                         " column 21"},
-    {"line": 5, "error": "the row is not a JSON object"},
+    {"row": 2, "line": 2, "error": "not valid JSON: Expecting property name enclosed in double"
+                                   " quotes at column 21"},
+    {"row": 4, "line": 5, "error": "the row is not a JSON object"},
 ]
 
 
@@ -205,8 +205,10 @@ async def test_bad_rows_are_reported_by_line_and_good_rows_imported(
 ):
     token = await api.register("alice")
     await api.post("/todo", token=token, json_body={"content": "from before"})
-    cached = await api.get("/todo", token=token)  # the first page is now cached
+    cached = await api.get("/todo", token=token)
     assert [t["content"] for t in cached.json["data"]] == ["from before"]
+    page_key = f"{services.settings.redis_prefix}page:{await user_id(services, 'alice')}"
+    assert await services.redis.client.exists(page_key) == 1  # the first page is cached
     worker.start()
     queued = await start_import(api, token, data, filename=filename, file_type=None)
     done = await wait_for_job(api, token, queued["id"])
@@ -216,8 +218,10 @@ async def test_bad_rows_are_reported_by_line_and_good_rows_imported(
                               "errors": errors}
     assert done["progress"] == {"done": len(good), "total": len(good)}
     # (f) The cached first page shows the import as soon as the job is done; file order.
+    first_page = (await api.get("/todo", token=token)).json["data"]
+    assert [t["content"] for t in first_page] == [*good, "from before"]
     listed = await all_pages(api, token)
-    assert [t["content"] for t in listed] == [*good, "from before"]
+    assert listed == first_page
     finished = {t["content"]: t["is_finished"] for t in listed}
     assert finished.get("finished", True)
     assert finished.get("gamma", True)
@@ -232,8 +236,25 @@ async def test_bad_rows_are_reported_by_line_and_good_rows_imported(
         f'attachment; filename="import-errors-{queued["id"]}.csv"'
     )
     rows = list(csv.DictReader(io.StringIO(report.body.decode("utf-8"), newline="")))
-    assert [{"line": int(r["line"]), "error": r["error"]} for r in rows] == errors
+    assert [{"row": int(r["row"]), "line": int(r["line"]), "error": r["error"]}
+            for r in rows] == errors
     await eventually_no_uploads(services)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_rows_sharing_a_line_are_each_imported_once(api, services, worker):
+    """Minified JSON: every row on line 1. A row is known by its place in the file."""
+    token = await api.register("alice")
+    data = json.dumps([{"content": f"todo {i}"} for i in range(1500)] + [{}]).encode()
+    worker.start()
+    for expected in ({"imported": 1500, "duplicates": 0}, {"imported": 0, "duplicates": 1500}):
+        done = await wait_for_job(api, token, (await start_import(
+            api, token, data, filename="min.json", file_type=None))["id"])
+        assert done["status"] == jobs.DONE, (done, worker.log())
+        assert done["result"] == {**expected, "rejected": 1, "errors": [
+            {"row": 1501, "line": 1, "error": "content is required"}]}
+    owner = await user_id(services, "alice")
+    assert await services.db["todos"].count_documents({"owner": owner}) == 1500
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -248,10 +269,10 @@ async def test_more_errors_than_listed_are_all_in_the_report(api, worker):
     assert (result["imported"], result["rejected"]) == (imports.MAX_LISTED_ERRORS + 5,
                                                         imports.MAX_LISTED_ERRORS + 5)
     assert len(result["errors"]) == imports.MAX_LISTED_ERRORS
-    assert result["errors"][0] == {"line": 3, "error": "content must not be empty"}
+    assert result["errors"][0] == {"row": 2, "line": 3, "error": "content must not be empty"}
     report = (await api.get(done["result_url"], token=token)).body.decode().splitlines()
     assert len(report) == 1 + imports.MAX_LISTED_ERRORS + 5
-    assert report[-1] == f"{len(rows) + 1},content must not be empty"
+    assert report[-1] == f"{len(rows)},{len(rows) + 1},content must not be empty"
 
 
 # -- (c) the same file twice ------------------------------------------------------------------
@@ -556,7 +577,7 @@ async def test_an_import_whose_queue_is_down_keeps_no_file(mongo_uri, redis_url)
 def test_import_keys_never_look_like_a_client_idempotency_key():
     from server.validation import IDEMPOTENCY_KEY_PATTERN
 
-    key = imports.import_key("ab" * 32, 7)
+    key = imports.import_key("ab" * 32, 7)  # the 7th row
     assert not IDEMPOTENCY_KEY_PATTERN.fullmatch(key)
     assert key == f"import\t{'ab' * 32}\t7"
 
