@@ -209,7 +209,7 @@ class _JsonText:
             except json.JSONDecodeError as exc:
                 if self.eof or len(self.buffer) - self.pos > MAX_ROW_CHARS:
                     at = self.line + self.buffer.count("\n", self.pos, exc.pos)
-                    raise ImportFileError(f"the file is not valid JSON: {exc.msg} at line {at}"
+                    raise ImportFileError(f"the file is not valid JSON at line {at}: {exc.msg}"
                                           ) from None
             except RecursionError:
                 raise ImportFileError(f"the JSON element at line {self.line} is nested too"
@@ -218,8 +218,8 @@ class _JsonText:
 
     def expect_end(self, what: str) -> None:
         if self.peek() is not None:
-            raise ImportFileError(f"the file is not valid JSON: unexpected data after {what}"
-                                  f" at line {self.line}")
+            raise ImportFileError(f"the file is not valid JSON at line {self.line}: unexpected"
+                                  f" data after {what}")
 
 
 def json_rows(texts: Iterable[str]) -> Iterator[Row]:
@@ -251,8 +251,8 @@ def json_rows(texts: Iterable[str]) -> Iterator[Row]:
                 window.expect_end("the array")
                 return
             if following != ",":
-                raise ImportFileError(f"the file is not valid JSON: expected ',' or ']' at"
-                                      f" line {window.line}")
+                raise ImportFileError(f"the file is not valid JSON at line {window.line}: expected"
+                                      " ',' or ']'")
         raise ImportFileError("the file is not valid JSON: the array is not closed")
 
 

@@ -9,12 +9,13 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import imports, jobs, tasks, uploads
+from server import imports, jobs, tasks, uploads, validation
 from server.settings import PROJECT_ROOT
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
@@ -509,7 +510,7 @@ async def test_a_client_that_goes_away_mid_upload_leaves_nothing(api, services, 
         (b'"content"', "string.json",
          "a JSON import must be an array of objects, or one object per line (JSON Lines)"),
         (b'[{"content": "a"},\n {"content": "b"]', "broken.json",
-         "the file is not valid JSON: Expecting ',' delimiter at line 2"),
+         "the file is not valid JSON at line 2: Expecting ',' delimiter"),
         (b'[{"content": "a"}', "open.json", "the file is not valid JSON: the array is not closed"),
         (b"todo\nx\n", "noheader.csv",
          "the CSV file's first row must be a header naming a content column"),
@@ -616,3 +617,64 @@ def test_a_multipart_boundary_split_anywhere_is_parsed_the_same(io_loop, service
     assert all(r == results[0] for r in results)
     assert results[0]["size"] == len(data)
     assert results[0]["format"] == "csv"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "error"),
+    [
+        ("csv", b"content\n" + b"x" * (imports.MAX_ROW_CHARS + 10),
+         f"line 2 is longer than {imports.MAX_ROW_CHARS} characters"),
+        ("csv", b"content,content\nx,y\n", "column 'content' appears twice in the CSV header"),
+        ("json", b" \n\t", "the file holds no JSON, only white space"),
+        ("json", b'[{"content": "a"}]\n\n[]', "the file is not valid JSON at line 3: unexpected"
+                                            " data after the array"),
+        ("json", b'[{"content": "a"} {"content": "b"}]',
+         "the file is not valid JSON at line 1: expected ',' or ']'"),
+        ("json", b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]",
+         "the JSON element at line 1 is nested too deeply"),
+        ("json", b'[\n{"content": "' + b"x" * (imports.MAX_ROW_CHARS + 10),
+         "the file is not valid JSON at line 2: Unterminated string starting at"),
+    ],
+)
+def test_files_that_cannot_be_read_say_why(fmt, data, error):
+    pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    with pytest.raises(imports.ImportFileError) as raised:
+        list(imports.rows(fmt, pieces))
+    assert str(raised.value) == error
+
+
+def test_json_lines_rows_that_are_too_deep_or_empty_are_rejected_rows():
+    data = b'{"content": "a"}\n' + b"[" * 100_000 + b"]" * 100_000 + b'\n[]\n{"content": "b"}'
+    found = [(r.number, r.line, r.error) for r in imports.rows("json", [data])]
+    assert found == [(1, 1, None), (2, 2, "not valid JSON: nested too deeply"),
+                     (3, 3, "the row is not a JSON object"), (4, 4, None)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_row_inserted_between_look_up_and_insert_is_a_duplicate(services):
+    """What a concurrent import of the same file does: the unique index refuses the second."""
+    owner = ObjectId()
+    rows = [imports.Row(1, validation.TodoImport("same"), None, 1)] * 2
+    older = jobs.utc_now() - timedelta(seconds=1)
+    batch = [imports._document(owner, row, "ab" * 32, moment)
+             for row, moment in zip(rows, [older, jobs.utc_now()], strict=True)]
+    with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
+        todos = mongo[services.settings.db_name]["todos"]
+        assert await asyncio.to_thread(imports._insert, todos, owner, batch) == (1, 1)
+        assert todos.count_documents({"owner": owner}) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_damaged_upload_fails_the_job(api, services, worker_clients):
+    token = await api.register("alice")
+    queued = await start_import(api, token, csv_file([["a", "false"]]))
+    await services.db["jobs"].update_one({"_id": ObjectId(queued["id"])},
+                                         {"$set": {"params.sha256": "0" * 64}})
+    result = await asyncio.to_thread(tasks.import_todos, worker_clients,
+                                     job_id=ObjectId(queued["id"]))
+    assert result["error"].startswith("the uploaded file is damaged")
+    failed = (await api.get(f"/jobs/{queued['id']}", token=token)).json
+    assert (failed["status"], failed["result"]) == (jobs.FAILED, None)
+    assert await services.db["todos"].count_documents({}) == 0
+    await asyncio.to_thread(tasks.drop_finished_upload, worker_clients, queued["id"])
+    assert await stored_uploads(services) == (0, 0)
