@@ -5,10 +5,19 @@ survive a Redis flush. Web instances create and read them (`JobStore`, async); w
 them through their states with the synchronous functions below.
 
     queued --(a worker takes it)--> running --> done | failed
+                                      |
+                                      +--(its worker died: the lease ran out)--> queued
+
+A running job holds a lease that its worker renews every few seconds. A worker killed with
+`kill -9`, by the OOM killer or by a hard time limit stops renewing it; the sweeper (server/
+sweeper.py, in every worker) then queues the job again, at once rather than after the broker's
+visibility timeout, which must outlast the longest job and is an hour. Every task is safe to
+run again from the start, so a second attempt finishes what the first left half-done.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -31,6 +40,23 @@ NOT_DONE = "the export is not done yet; follow the job until its status is done"
 # Private: the GridFS file the current attempt of an export writes to (see tasks.export).
 EXPORT_FILE = "export_file"
 
+# A running job's worker renews its lease every LEASE_RENEW_SECONDS; a lease not renewed for
+# LEASE_SECONDS means the worker is gone. Short, so a killed worker's job resumes soon; long
+# enough that a busy MongoDB or a pause of the worker does not look like a death.
+LEASE_SECONDS = 30
+LEASE_RENEW_SECONDS = 5
+# A job interrupted this many times is failed instead of queued again: it is what kills its
+# worker (memory, a hard time limit).
+MAX_INTERRUPTIONS = 3
+INTERRUPTED = (
+    f"the job was interrupted {MAX_INTERRUPTIONS} times (its worker stopped, or it ran past "
+    "its hard time limit); it was given up"
+)
+# A job queued this long ago and still not taken may have lost its message (a broker that
+# lost its data): it is published again. A duplicate message is harmless: the second finds
+# the job taken or finished and does nothing.
+REQUEUE_AFTER_SECONDS = 300
+
 
 def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any]:
     now = utc_now()
@@ -39,6 +65,7 @@ def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any
         "owner": owner,
         "type": kind,
         "status": QUEUED,
+        "queued_at": now,
         "progress": {"done": 0, "total": None},
         "params": params,
         "result": None,
@@ -123,12 +150,70 @@ class JobStore:
 
 
 # -- the worker's side: synchronous, on a pymongo Collection ------------------------------
-def mark_running(jobs: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
-    """Take a queued job (or one already running: a redelivery after a worker died). None when
-    there is nothing to do: the job is unknown, or already done or failed."""
+def mark_running(
+    jobs: Collection[dict[str, Any]], job_id: ObjectId, *, attempt: ObjectId
+) -> dict[str, Any] | None:
+    """Take a queued job, or a running one whose lease has run out (its worker died), under a
+    lease for `attempt`. None when there is nothing to do: the job is unknown, finished, or
+    running on a live worker (a duplicate message)."""
+    now = utc_now()
     return jobs.find_one_and_update(
-        {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}},
-        {"$set": {"status": RUNNING, "updated_at": utc_now()}},
+        {"_id": job_id, "$or": [
+            {"status": QUEUED},
+            # $not $gt: also a running job with no lease at all.
+            {"status": RUNNING, "lease_until": {"$not": {"$gt": now}}},
+        ]},
+        {"$set": {"status": RUNNING, "attempt": attempt,
+                  "lease_until": now + timedelta(seconds=LEASE_SECONDS), "updated_at": now}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def renew_lease(jobs: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> bool:
+    """Extend the lease of a running attempt; False when the job is no longer that attempt's."""
+    renewed = jobs.update_one(
+        {"_id": job_id, "status": RUNNING, "attempt": attempt},
+        {"$set": {"lease_until": utc_now() + timedelta(seconds=LEASE_SECONDS)}},
+    )
+    return renewed.matched_count == 1
+
+
+def release_lease(jobs: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> None:
+    """The attempt has ended without finishing the job (a transient error Celery will retry):
+    its lease ends now, so the retry can take the job at once."""
+    jobs.update_one(
+        {"_id": job_id, "status": RUNNING, "attempt": attempt},
+        {"$set": {"lease_until": utc_now()}},
+    )
+
+
+def requeue_interrupted(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one running job whose lease ran out: queued again (for the caller to publish),
+    or failed once it has been interrupted MAX_INTERRUPTIONS times. One atomic update, so of
+    several sweepers only one claims it."""
+    now = utc_now()
+    given_up = {"$gte": ["$interruptions", MAX_INTERRUPTIONS]}
+    return jobs.find_one_and_update(
+        {"status": RUNNING, "lease_until": {"$lt": now}},
+        [
+            {"$set": {"interruptions": {"$add": [{"$ifNull": ["$interruptions", 0]}, 1]}}},
+            {"$set": {
+                "status": {"$cond": [given_up, FAILED, QUEUED]},
+                "error": {"$cond": [given_up, INTERRUPTED, "$error"]},
+                "queued_at": now,
+                "updated_at": now,
+            }},
+        ],
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def requeue_stale(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one job queued for longer than REQUEUE_AFTER_SECONDS, to be published again."""
+    now = utc_now()
+    return jobs.find_one_and_update(
+        {"status": QUEUED, "queued_at": {"$lt": now - timedelta(seconds=REQUEUE_AFTER_SECONDS)}},
+        {"$set": {"queued_at": now}},
         return_document=ReturnDocument.AFTER,
     )
 

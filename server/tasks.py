@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -89,7 +90,7 @@ class WorkerClients:
 
 
 class Job(Protocol):
-    def __call__(self, clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]: ...
+    def __call__(self, clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
@@ -102,20 +103,36 @@ def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
         pipe.execute()
 
 
-def _start(records: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
-    """Mark the job running; None (logged) when a redelivery finds it unknown or finished."""
-    job = jobs.mark_running(records, job_id)
-    if job is None:
-        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
-    return job
+class LeaseKeeper:
+    """Renews a running attempt's lease from a thread while the job runs, so that a job that
+    is busy (one long MongoDB call, say) is never taken for the job of a dead worker."""
+
+    def __init__(self, records: Collection[dict[str, Any]], job_id: ObjectId,
+                 attempt: ObjectId, *, every: float = jobs.LEASE_RENEW_SECONDS) -> None:
+        self.records, self.job_id, self.attempt, self.every = records, job_id, attempt, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not jobs.renew_lease(self.records, self.job_id, self.attempt):
+                    return  # finished, failed, or (after a long outage) taken by another
+            except PyMongoError as exc:
+                log.warning("job %s: could not renew its lease: %s", self.job_id, exc)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+def purge(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Delete the owner's finished todos older than the job's `older_than_days`."""
-    records = clients.db["jobs"]
-    job = _start(records, job_id)
-    if job is None:
-        return {}
+    records, job_id = clients.db["jobs"], job["_id"]
     owner = job["owner"]
     cutoff = datetime.now(UTC) - timedelta(days=job["params"]["older_than_days"])
     doomed = {"owner": owner, "is_finished": True, "finished_at": {"$lt": cutoff}}
@@ -131,12 +148,9 @@ def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     return result
 
 
-def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Write the owner's todos, newest first, to a GridFS file in the job's format."""
-    records = clients.db["jobs"]
-    job = _start(records, job_id)
-    if job is None:
-        return {}
+    records, job_id = clients.db["jobs"], job["_id"]
     owner, fmt = job["owner"], job["params"]["format"]
     # A redelivery: the attempt before died half-way. Its file (or the chunks of an upload it
     # never closed) goes before a new one is started, so a job never has two results.
@@ -176,18 +190,36 @@ def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException
 
 
 def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[str, Any]:
-    """Run `work` for the job a message names; a failure that ends the job is recorded."""
-    oid = ObjectId(job_id)
+    """Take the job a message names and run `work` on it under a lease; a failure that ends
+    the job is recorded. A message for a job that is finished, unknown or running on a live
+    worker (a redelivery racing the sweeper) does nothing."""
+    oid, attempt = ObjectId(job_id), ObjectId()
+    records = clients.db["jobs"]
+    job = jobs.mark_running(records, oid, attempt=attempt)
+    if job is None:
+        log.warning("job %s: finished, unknown or running elsewhere; nothing to do", job_id)
+        return {}
     try:
-        return work(clients, job_id=oid)
+        with LeaseKeeper(records, oid, attempt):
+            return work(clients, job)
     except TRANSIENT as exc:
         if task.request.retries >= task.max_retries:
             _record_failure(clients, oid, exc)
+        else:
+            _release(records, oid, attempt)
         raise  # with retries left, Celery runs the task again later (autoretry_for)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         _record_failure(clients, oid, exc)
         raise
+
+
+def _release(records: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> None:
+    try:
+        jobs.release_lease(records, job_id, attempt)
+    except PyMongoError:
+        log.warning("job %s: could not release its lease; it is taken again once it runs out",
+                    job_id)
 
 
 def register(app: Celery, settings: Settings) -> None:

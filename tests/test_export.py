@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 from bson import ObjectId
@@ -175,7 +176,8 @@ def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_ur
             )
             assert db["exports.chunks"].count_documents({"files_id": stale}) == 3
 
-            result = tasks.export(clients, job_id=doc["_id"])
+            attempt = SimpleNamespace(request=SimpleNamespace(retries=0), max_retries=5)
+            result = tasks.run_job(attempt, clients, str(doc["_id"]), tasks.export)
             assert result["rows"] == 5
             assert db["exports.chunks"].count_documents({"files_id": stale}) == 0
             assert [f["_id"] for f in db["exports.files"].find()] == [
@@ -183,7 +185,7 @@ def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_ur
             ]
             assert db["jobs"].find_one({"_id": doc["_id"]})["status"] == jobs.DONE
             # Delivered once more after it finished: nothing changes.
-            assert tasks.export(clients, job_id=doc["_id"]) == {}
+            assert tasks.run_job(attempt, clients, str(doc["_id"]), tasks.export) == {}
             assert db["exports.files"].count_documents({}) == 1
         finally:
             clients.close()
