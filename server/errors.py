@@ -25,6 +25,10 @@ class Conflict(ApiError):
     status = 409
 
 
+class Gone(ApiError):
+    status = 410
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

@@ -27,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
 from server import celery_app, exports
-from server.errors import Conflict, NotFound, ServiceUnavailable
+from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
 from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -37,6 +37,12 @@ TASKS = {"purge": "todo.purge", "export": "todo.export"}
 QUEUE_UNAVAILABLE = "job queue unavailable, try again shortly"
 NOT_AN_EXPORT = "this job is not an export: it has no file to download"
 NOT_DONE = "the export is not done yet; follow the job until its status is done"
+# A finished export's file is kept this long, then deleted by the sweeper (the record stays).
+EXPORT_KEEP_DAYS = 7
+EXPIRED = (
+    f"the export's file was deleted {EXPORT_KEEP_DAYS} days after it was made; "
+    "start a new export"
+)
 # Private: the GridFS file the current attempt of an export writes to (see tasks.export).
 EXPORT_FILE = "export_file"
 
@@ -91,8 +97,8 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_url(doc: dict[str, Any]) -> str | None:
-    """Where a finished export is downloaded; None for every other job."""
-    if doc["type"] == "export" and doc["status"] == DONE:
+    """Where a finished export is downloaded (until it expires); None for every other job."""
+    if doc["type"] == "export" and doc["status"] == DONE and not doc["result"].get("expired"):
         return f"/jobs/{doc['_id']}/result"
     return None
 
@@ -136,6 +142,8 @@ class JobStore:
             raise Conflict(NOT_AN_EXPORT)
         if doc["status"] != DONE:
             raise Conflict(NOT_DONE)
+        if doc["result"].get("expired"):
+            raise Gone(EXPIRED)
         return await exports.open_export(
             self.collection.database, file_id=ObjectId(doc["result"]["file_id"]), job_id=job_id,
             fmt=doc["result"]["format"],
@@ -235,7 +243,8 @@ def mark_done(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,
               result: dict[str, Any]) -> None:
     jobs.update_one(
         {"_id": job_id},
-        {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now()}},
+        {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now(),
+                  "finished_at": utc_now()}},
     )
 
 
@@ -245,3 +254,14 @@ def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: st
         {"$set": {"status": FAILED, "error": error, "updated_at": utc_now()}},
     )
 
+
+def expire_export(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one export finished more than EXPORT_KEEP_DAYS ago whose file is still kept: it
+    is marked expired (no more downloads start) and returned, for the caller to delete the
+    file."""
+    now = utc_now()
+    return jobs.find_one_and_update(
+        {"type": "export", "status": DONE, "result.expired": {"$ne": True},
+         "finished_at": {"$lt": now - timedelta(days=EXPORT_KEEP_DAYS)}},
+        {"$set": {"result.expired": True, "updated_at": now}},
+    )

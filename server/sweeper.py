@@ -15,11 +15,12 @@ import logging
 import threading
 from typing import Any
 
+from bson import ObjectId
 from celery import Celery, signals
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from server import celery_app, jobs
+from server import celery_app, exports, jobs
 from server.settings import Settings
 from server.tasks import WorkerClients
 
@@ -52,6 +53,18 @@ def sweep(app: Celery, records: Collection[dict[str, Any]]) -> list[dict[str, An
     return claimed
 
 
+def expire_exports(records: Collection[dict[str, Any]]) -> int:
+    """Delete the files of exports past their keeping time; how many."""
+    expired = 0
+    for _ in range(MAX_CLAIMS):
+        job = jobs.expire_export(records)
+        if job is None:
+            break
+        exports.discard(records.database, ObjectId(job["result"]["file_id"]))
+        expired += 1
+    return expired
+
+
 class Sweeper:
     """Sweeps every `every` seconds on a daemon thread, between start() and stop()."""
 
@@ -65,6 +78,7 @@ class Sweeper:
         while True:
             try:
                 sweep(self.app, self.clients.db["jobs"])
+                expire_exports(self.clients.db["jobs"])
             except PyMongoError as exc:
                 log.warning("sweep skipped, MongoDB unavailable: %s", exc)
             if self._stop.wait(self.every):

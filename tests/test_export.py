@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import exports, jobs, tasks
+from server import exports, jobs, sweeper, tasks
 from server.settings import PROJECT_ROOT
 from tests.conftest import error_of, make_settings
 from tests.test_jobs import create, purge, user_id, wait_for_job
@@ -151,6 +152,33 @@ async def test_bad_export_bodies_are_400(api, body, message):
     assert status == 400
     assert said.startswith(message), said
     assert (await api.get("/jobs", token=token)).json == {"data": []}
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_an_export_file_is_deleted_after_its_keeping_time_and_then_gone(
+    api, services, worker
+):
+    token = await api.register("alice")
+    await create(api, token, "one")
+    worker.start()
+    fresh = await wait_for_job(api, token, (await export(api, token, "json"))["id"])
+    old = await wait_for_job(api, token, (await export(api, token, "json"))["id"])
+    assert (fresh["status"], old["status"]) == (jobs.DONE, jobs.DONE), worker.log()
+    await services.db["jobs"].update_one(
+        {"_id": ObjectId(old["id"])},
+        {"$set": {"finished_at": jobs.utc_now() - timedelta(days=jobs.EXPORT_KEEP_DAYS, hours=1)}},
+    )
+    with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
+        records = mongo[services.settings.db_name]["jobs"]
+        assert sweeper.expire_exports(records) == 1
+        assert sweeper.expire_exports(records) == 0
+    expired = (await api.get(f"/jobs/{old['id']}", token=token)).json
+    assert expired["result_url"] is None
+    assert expired["result"]["expired"] is True
+    assert error_of(await api.get(old["result_url"], token=token)) == (410, jobs.EXPIRED)
+    files = await services.db["exports.files"].find().to_list()
+    assert [str(f["_id"]) for f in files] == [fresh["result"]["file_id"]]
+    assert (await api.get(fresh["result_url"], token=token)).status == 200
 
 
 def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_url):

@@ -111,3 +111,15 @@ def test_a_running_attempt_keeps_its_lease_alive(settings, records):
     assert renewed > doc["lease_until"] + timedelta(seconds=jobs.LEASE_SECONDS - 5)
     # Another attempt's keeper renews nothing.
     assert not jobs.renew_lease(records, doc["_id"], ObjectId())
+
+
+def test_the_sweepers_queries_use_an_index(settings, records):
+    from server.indexes import INDEXES
+
+    records.create_indexes(INDEXES["jobs"])
+    now = jobs.utc_now()
+    for query in ({"status": jobs.RUNNING, "lease_until": {"$lt": now}},
+                  {"status": jobs.QUEUED, "queued_at": {"$lt": now}},
+                  {"type": "export", "status": jobs.DONE, "finished_at": {"$lt": now}}):
+        plan = records.find(query).explain()["queryPlanner"]["winningPlan"]
+        assert "IXSCAN" in str(plan), (query, plan)
