@@ -340,24 +340,36 @@ async def test_queued_jobs_survive_a_kill_9_of_the_queues_redis(cfg, api):
                                    json_body={"type": "purge", "older_than_days": 1})
             assert reply.status == 202, reply.json
             queued.append(reply.json["id"])
-        old_pid = program_pid(cfg, "broker")
-        os.kill(old_pid, signal.SIGKILL)
-        for _ in range(300):
-            if program_pid(cfg, "broker") not in (0, old_pid):
-                break
-            await asyncio.sleep(0.1)
+        await kill_the_queues_redis(cfg)
         with redis.Redis.from_url(cfg.broker_url) as broker:
-            for _ in range(300):
-                try:
-                    if broker.ping():
-                        break
-                except redis.ConnectionError:
-                    await asyncio.sleep(0.1)
             assert broker.llen("celery") == len(queued)
     finally:
         await asyncio.to_thread(supervisor.ctl, "start", "celery")
     final = await wait_for_jobs(api, token, queued)
     assert {job["status"] for job in final.values()} == {"done"}, final
+
+    # Killed again under a running worker: the instances and the worker reconnect by
+    # themselves, and the next job is accepted and run.
+    await kill_the_queues_redis(cfg)
+    reply = await api.post("/jobs", token=token, json_body={"type": "purge", "older_than_days": 1})
+    assert reply.status == 202, reply.json
+    final = await wait_for_jobs(api, token, [reply.json["id"]])
+    assert final[reply.json["id"]]["status"] == "done"
+
+
+async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
+    """kill -9 the job queue's Redis; returns once supervisor has it answering again."""
+    old_pid = program_pid(cfg, "broker")
+    os.kill(old_pid, signal.SIGKILL)
+    with redis.Redis.from_url(cfg.broker_url, socket_timeout=1) as broker:
+        for _ in range(300):
+            try:
+                if program_pid(cfg, "broker") not in (0, old_pid) and broker.ping():
+                    return
+            except (redis.ConnectionError, ValueError, stack.StackError):
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the queue's Redis did not come back")
 
 
 def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
