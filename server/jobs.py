@@ -9,6 +9,7 @@ them through their states with the synchronous functions below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
@@ -19,6 +20,7 @@ from pymongo.collection import Collection
 
 from server import celery_app, exports
 from server.errors import Conflict, NotFound, ServiceUnavailable
+from server.notifications import Publisher
 from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -30,6 +32,9 @@ NOT_AN_EXPORT = "this job is not an export: it has no file to download"
 NOT_DONE = "the export is not done yet; follow the job until its status is done"
 # Private: the GridFS file the current attempt of an export writes to (see tasks.export).
 EXPORT_FILE = "export_file"
+# Told the job record as it is after each change of state or progress (the worker publishes it
+# to the owner's live notifications: tasks.WorkerClients.job_changed).
+JobListener = Callable[[dict[str, Any]], None]
 
 
 def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +76,12 @@ def result_url(doc: dict[str, Any]) -> str | None:
 
 
 class JobStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], celery: Celery) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], celery: Celery, events: Publisher
+    ) -> None:
         self.collection = db["jobs"]
         self.celery = celery
+        self.events = events
 
     async def start(
         self, *, owner: ObjectId, kind: str, params: dict[str, Any]
@@ -82,14 +90,19 @@ class JobStore:
         # The record first: a worker that takes the job at once must find it.
         doc = new_job(owner, kind, params)
         await self.collection.insert_one(doc)
+        # Before it is handed over: a worker's "running" must not overtake "queued".
+        await self.events.job(owner, public_job(doc))
         try:
             await celery_app.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
         except celery_app.PUBLISH_FAILURES:
-            await self.collection.update_one(
+            failed = await self.collection.find_one_and_update(
                 {"_id": doc["_id"]},
                 {"$set": {"status": FAILED, "error": QUEUE_UNAVAILABLE,
                           "updated_at": utc_now()}},
+                return_document=ReturnDocument.AFTER,
             )
+            if failed is not None:
+                await self.events.job(owner, public_job(failed))
             raise ServiceUnavailable(QUEUE_UNAVAILABLE) from None
         return public_job(doc)
 
@@ -123,22 +136,31 @@ class JobStore:
 
 
 # -- the worker's side: synchronous, on a pymongo Collection ------------------------------
-def mark_running(jobs: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
+# Each change returns the record as it is after it and tells `notify` (if given) about it.
+def _changed(doc: dict[str, Any] | None, notify: JobListener | None) -> dict[str, Any] | None:
+    if doc is not None and notify is not None:
+        notify(doc)
+    return doc
+
+
+def mark_running(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,
+                 notify: JobListener | None = None) -> dict[str, Any] | None:
     """Take a queued job (or one already running: a redelivery after a worker died). None when
     there is nothing to do: the job is unknown, or already done or failed."""
-    return jobs.find_one_and_update(
+    return _changed(jobs.find_one_and_update(
         {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}},
         {"$set": {"status": RUNNING, "updated_at": utc_now()}},
         return_document=ReturnDocument.AFTER,
-    )
+    ), notify)
 
 
 def set_progress(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, done: int,
-                 total: int | None) -> None:
-    jobs.update_one(
+                 total: int | None, notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
         {"$set": {"progress": {"done": done, "total": total}, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
 def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
@@ -147,16 +169,18 @@ def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
 
 
 def mark_done(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,
-              result: dict[str, Any]) -> None:
-    jobs.update_one(
+              result: dict[str, Any], notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
         {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
-def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str) -> None:
-    jobs.update_one(
+def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str,
+                notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id, "status": {"$ne": DONE}},
         {"$set": {"status": FAILED, "error": error, "updated_at": utc_now()}},
-    )
-
+        return_document=ReturnDocument.AFTER,
+    ), notify)
