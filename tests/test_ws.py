@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import os
 import re
@@ -52,26 +51,26 @@ class Client:
     def on_message(self, raw: str | bytes | None) -> None:
         self.messages.put_nowait(None if raw is None else json.loads(raw))
 
-    async def next(self, timeout: float = WAIT) -> dict | None:
-        message = await asyncio.wait_for(self.messages.get(), timeout)
+    async def next(self, within: float = WAIT) -> dict | None:
+        message = await asyncio.wait_for(self.messages.get(), within)
         if message is not None:
             assert_matches(SPEC, "Notification", message)
             self.seen.append(message)
         return message
 
-    async def until(self, wanted, timeout: float = WAIT) -> dict:
+    async def until(self, wanted, within: float = WAIT) -> dict:
         """The first message for which `wanted(message)` holds (earlier ones are kept in
         `seen`)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             message = await self.next(max(0.1, deadline - time.monotonic()))
             assert message is not None, f"closed {self.close_code}: {self.seen}"
             if wanted(message):
                 return message
 
-    async def closed(self, timeout: float = WAIT) -> int | None:
+    async def closed(self, within: float = WAIT) -> int | None:
         """Wait for the server to close the socket; its close code."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while await self.next(max(0.1, deadline - time.monotonic())) is not None:
             pass
         return self.close_code
@@ -104,15 +103,15 @@ async def open_socket(base_url: str, token: str | None = None, *, query: str = "
     request = HTTPRequest(ws_url(base_url, query), headers=all_headers, request_timeout=WAIT)
     client.conn = await websocket_connect(request, on_message_callback=client.on_message)
     hello = await client.next()
-    assert hello is not None and hello["type"] == "hello", hello
+    assert hello is not None
+    assert hello["type"] == "hello", hello
     return client
 
 
 async def refused(base_url: str, token: str | None = None, **kwargs) -> tuple[int, str]:
     """The (status, message) of a JSON error answering the handshake instead of 101."""
     with pytest.raises(HTTPClientError) as refusal:
-        client = await open_socket(base_url, token, **kwargs)
-        client.close()
+        await open_socket(base_url, token, **kwargs)
     response = refusal.value.response
     assert response is not None
     assert response.headers["Content-Type"].startswith("application/json")
@@ -135,9 +134,9 @@ async def subscribers(redis_url: str, prefix: str, user_id: str) -> int:
     return int(found[0][1])
 
 
-async def eventually(check, timeout: float = WAIT) -> None:
-    """Wait until `await check()` is true (polling), failing after `timeout`."""
-    deadline = time.monotonic() + timeout
+async def eventually(check, within: float = WAIT) -> None:
+    """Wait until `await check()` is true (polling), failing after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         assert time.monotonic() < deadline, "condition never became true"
         await asyncio.sleep(0.05)
@@ -154,7 +153,7 @@ def todo_event(action):
     return lambda m: m["type"] == "todo" and m["action"] == action
 
 
-# -- todos, from another instance ------------------------------------------------------------
+# -- todos, from another instance -----------------------------------------------------------------
 @pytest.mark.gen_test(timeout=90)
 async def test_a_client_sees_its_todo_changes_made_on_another_instance_and_only_its_own(
     api, base_url, settings
@@ -223,7 +222,7 @@ async def test_ping_is_answered_and_the_query_token_works(api, base_url):
     client.close()
 
 
-# -- refusals before the upgrade ---------------------------------------------------------------
+# -- refusals before the upgrade ------------------------------------------------------------------
 @pytest.mark.gen_test(timeout=60)
 async def test_missing_bad_expired_and_revoked_tokens_are_a_json_401_before_the_upgrade(
     api, base_url, services
@@ -285,7 +284,7 @@ async def _can_open(base_url: str, token: str) -> bool:
     return True
 
 
-# -- logout, drop, heartbeats --------------------------------------------------------------------
+# -- logout, drop, heartbeats ---------------------------------------------------------------------
 @pytest.mark.gen_test(timeout=60)
 async def test_logout_closes_the_sockets_of_that_token_only(api, base_url):
     token = await api.register("alice")
@@ -300,3 +299,248 @@ async def test_logout_closes_the_sockets_of_that_token_only(api, base_url):
                              json_body={"content": "still told"})
     assert (await kept.until(todo_event("created")))["todo"] == created.json
     kept.close()
+
+
+class RawSocket:
+    """A client that completes the handshake and then never reads: it answers no ping and
+    lets the server's messages pile up (with `rcvbuf`, in a tiny receive buffer)."""
+
+    def __init__(self, port: int, token: str, *, rcvbuf: int | None = None) -> None:
+        self.port, self.token, self.rcvbuf = port, token, rcvbuf
+        self.sock = socket.socket()
+
+    async def open(self) -> None:
+        if self.rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        self.sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, ("127.0.0.1", self.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(self.sock, (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {self.token}\r\n\r\n"
+        ).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 1), WAIT)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    async def until_closed_by_server(self) -> None:
+        """Read (and drop) everything until the server has closed the connection."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536),
+                                               max(0.1, deadline - time.monotonic()))
+            except ConnectionResetError:
+                return
+            if not chunk:
+                return
+
+    def drop(self) -> None:
+        """Gone without a closing handshake, as when a network or a process dies."""
+        linger_zero = b"\x01\x00\x00\x00" + b"\x00\x00\x00\x00"  # RST, not FIN
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+        self.sock.close()
+
+
+def port_of(base_url: str) -> int:
+    return int(base_url.rsplit(":", 1)[1])
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_dropped_connection_is_cleaned_up_and_unsubscribed(api, base_url, settings):
+    token = await api.register("alice")
+    user = await user_of(token)
+    raw = RawSocket(port_of(base_url), token)
+    await raw.open()
+    client = await open_socket(base_url, token)
+    assert await subscribers(settings.redis_url, settings.redis_prefix, user) == 1
+    assert await metric(api, "todo_ws_open_sockets") == 2
+    raw.drop()
+    client.conn.protocol.stream.close()  # the Tornado client, cut off as abruptly
+
+    async def cleaned_up() -> bool:
+        return (await metric(api, "todo_ws_open_sockets") == 0
+                and await subscribers(settings.redis_url, settings.redis_prefix, user) == 0)
+
+    await eventually(cleaned_up)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
+    mongo_uri, redis_url
+):
+    settings = make_settings(mongo_uri, redis_url, ws_queue_size=4)
+    async with another_instance(settings) as api:
+        token = await api.register("sloth")
+        user = await user_of(token)
+        raw = RawSocket(port_of(api.base_url), token, rcvbuf=1024)
+        await raw.open()
+        await eventually(lambda: _subscribed(settings, user, 1))
+        publisher = Redis.from_url(settings.redis_url)
+        padding = "x" * 16_000
+        try:
+            for _ in range(400):
+                for _ in range(10):
+                    event = notifications.encode(notifications.message("pong", pad=padding))
+                    await publisher.publish(notifications.channel(settings.redis_prefix, user),
+                                            event)
+                await asyncio.sleep(0.01)
+                # However far behind the client is, the instance holds a bounded queue.
+                assert await metric(api, "todo_ws_queued_messages") <= 4
+                if await metric(api, "todo_ws_slow_disconnects_total") == 1:
+                    break
+        finally:
+            await publisher.aclose()
+        assert await metric(api, "todo_ws_slow_disconnects_total") == 1
+        assert await metric(api, "todo_ws_queued_messages") == 0
+        await eventually(lambda: _subscribed(settings, user, 0))
+        await raw.until_closed_by_server()
+        await eventually(lambda: _metric_is(api, "todo_ws_open_sockets", 0))
+        raw.sock.close()
+        # A client that keeps up is not affected.
+        client = await open_socket(api.base_url, token)
+        created = await api.post("/todo", token=token, json_body={"content": "fast"})
+        assert (await client.until(todo_event("created")))["todo"] == created.json
+
+
+async def _subscribed(settings, user: str, count: int) -> bool:
+    return await subscribers(settings.redis_url, settings.redis_prefix, user) == count
+
+
+async def _metric_is(api: Api, name: str, value: float) -> bool:
+    return await metric(api, name) == value
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_client_that_answers_no_ping_is_closed(mongo_uri, redis_url):
+    settings = make_settings(mongo_uri, redis_url, ws_ping_interval=0.3, ws_ping_timeout=0.3)
+    async with another_instance(settings) as api:
+        token = await api.register("silent")
+        user = await user_of(token)
+        raw = RawSocket(port_of(api.base_url), token)
+        await raw.open()
+        alive = await open_socket(api.base_url, token)  # answers pings: stays open
+        await raw.until_closed_by_server()
+        raw.sock.close()
+        await eventually(lambda: _metric_is(api, "todo_ws_open_sockets", 1))
+        assert await subscribers(settings.redis_url, settings.redis_prefix, user) == 1
+        created = await api.post("/todo", token=token, json_body={"content": "still here"})
+        assert (await alive.until(todo_event("created")))["todo"] == created.json
+
+
+# -- jobs, run by a real worker process -----------------------------------------------------------
+@pytest.mark.gen_test(timeout=150)
+async def test_a_client_follows_its_purge_job_from_queued_to_done(
+    api, base_url, worker  # noqa: F811
+):
+    token = await api.register("alice")
+    for i in range(3):
+        await create(api, token, f"old {i}", finished=True)
+    kept = await create(api, token, "open")
+    client = await open_socket(base_url, token)
+    worker.start()
+    reply = await api.post("/jobs", token=token,
+                           json_body={"type": "purge", "older_than_days": 0})
+    assert reply.status == 202
+    job_id = reply.json["id"]
+    finished = await client.until(
+        lambda m: m["type"] == "job" and m["job"]["status"] in (jobs.DONE, jobs.FAILED),
+        within=120,
+    )
+    assert finished["job"]["status"] == jobs.DONE, worker.log()
+    states = [m["job"] for m in client.seen if m["type"] == "job"]
+    assert {job["id"] for job in states} == {job_id}
+    assert states[0] == reply.json
+    assert [s["status"] for s in states] == (
+        [jobs.QUEUED] + [jobs.RUNNING] * (len(states) - 2) + [jobs.DONE])
+    progress = [s["progress"] for s in states if s["status"] == jobs.RUNNING]
+    assert {"done": 0, "total": 3} in progress
+    assert {"done": 3, "total": 3} in progress
+    assert states[-1] == (await api.get(f"/jobs/{job_id}", token=token)).json
+    bulk = [m for m in client.seen if m["type"] == "todos"]
+    assert [(m["action"], m["count"]) for m in bulk] == [("purged", 3)]
+    assert [t["id"] for t in (await api.get("/todo", token=token)).json["data"]] == [kept]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_job_the_queue_refuses_is_told_queued_then_failed(mongo_uri, redis_url):
+    settings = make_settings(mongo_uri, redis_url,
+                             broker_url=f"redis://127.0.0.1:{free_port()}/1")
+    async with another_instance(settings) as api:
+        token = await api.register("alice")
+        client = await open_socket(api.base_url, token)
+        reply = await api.post("/jobs", token=token,
+                               json_body={"type": "purge", "older_than_days": 1})
+        assert reply.status == 503
+        failed = await client.until(lambda m: m["type"] == "job"
+                                    and m["job"]["status"] == jobs.FAILED)
+        assert failed["job"]["error"] == jobs.QUEUE_UNAVAILABLE
+        assert [m["job"]["status"] for m in client.seen if m["type"] == "job"] == [
+            jobs.QUEUED, jobs.FAILED]
+
+
+# -- Redis lost and back --------------------------------------------------------------------------
+@pytest.mark.gen_test(timeout=150)
+async def test_after_a_redis_restart_the_socket_gets_resync_and_messages_flow_again(
+    mongo_uri, tmp_path
+):
+    server = redis_server(tmp_path / "redis", free_port())
+    server.start()
+    try:
+        settings = make_settings(mongo_uri, f"redis://127.0.0.1:{server.port}/0")
+        async with another_instance(settings) as api, another_instance(settings) as writer:
+            token = await api.register("survivor")
+            client = await open_socket(api.base_url, token)
+            before = await writer.post("/todo", token=token, json_body={"content": "before"})
+            assert (await client.until(todo_event("created")))["todo"] == before.json
+
+            server.stop()
+            during = await writer.post("/todo", token=token, json_body={"content": "during"})
+            assert during.status == 201  # the write is the truth; its message is lost
+            server.start()
+            await client.until(lambda m: m["type"] == "resync")
+            assert await metric(api, "todo_ws_redis_reconnects_total") >= 1
+            assert await metric(writer, "todo_notify_publish_failures_total") >= 1
+            # The writer may still be cooling down from the outage: its first publishes may be
+            # skipped, but soon one gets through.
+            for attempt in range(60):
+                after = await writer.post("/todo", token=token,
+                                          json_body={"content": f"after {attempt}"})
+                try:
+                    message = await client.until(todo_event("created"), within=1.0)
+                except TimeoutError:
+                    continue
+                assert message["todo"] == after.json
+                break
+            else:
+                raise AssertionError(f"no message after the restart: {client.seen}")
+            assert "during" not in json.dumps(client.seen)
+    finally:
+        server.stop()
+
+
+# -- shutdown -------------------------------------------------------------------------------------
+@pytest.mark.gen_test(timeout=90)
+async def test_sigterm_closes_the_sockets_with_going_away_and_exits_zero(instance):  # noqa: F811
+    process, port = instance
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        await wait_until_healthy(api)
+        token = await api.register("leaving")
+        client = await open_socket(api.base_url, token)
+        process.send_signal(signal.SIGTERM)
+        assert await client.closed() == 1001
+        assert client.close_reason == "server shutting down"
+        for _ in range(600):
+            if process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert process.returncode == 0
+    finally:
+        api.close()
