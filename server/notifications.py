@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from bson import ObjectId
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from server.redis_guard import REDIS_FAILURES, RedisGuard, done
 from server.tokens import Principal
@@ -40,8 +42,8 @@ log = logging.getLogger("todo.notifications")
 
 CREATED, UPDATED, FINISHED, DELETED = "created", "updated", "finished", "deleted"
 IMPORTED, PURGED = "imported", "purged"
-# How long a worker stops publishing after Redis failed it: an outage costs a job one timeout,
-# not one per progress step.
+# How long a worker stops publishing after Redis failed it: an outage costs a job one timeout
+# now and then, not one per progress step.
 WORKER_COOLDOWN = 1.0
 
 
@@ -134,14 +136,31 @@ class Publisher:
 
 
 class WorkerPublisher:
-    """A worker's side, on its synchronous Redis client. Never raises: a job does not fail, nor
-    retry, because a notification could not be sent."""
+    """A worker's side, synchronous. Never raises: a job does not fail, nor retry, because a
+    notification could not be sent. Its connection is its own, without redis-py's retries (a
+    lost message is not worth seconds of a job), opened on first use in the process that
+    publishes (after prefork's fork)."""
 
-    def __init__(self, client: Callable[[], redis.Redis], *, prefix: str) -> None:
-        self._client = client
-        self.prefix = prefix
+    def __init__(self, url: str, *, prefix: str, timeout: float) -> None:
+        self.url, self.prefix, self.timeout = url, prefix, timeout
         self.failures = 0
         self._down_until = 0.0
+        self._pid = 0
+        self._redis: redis.Redis | None = None
+
+    def _client(self) -> redis.Redis:
+        if self._redis is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._redis = redis.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return self._redis
+
+    def close(self) -> None:
+        if self._redis is not None and self._pid == os.getpid():
+            self._redis.close()
+        self._redis = None
 
     def publish(self, owner: ObjectId | str, event: dict[str, Any]) -> bool:
         if time.monotonic() < self._down_until:

@@ -48,8 +48,9 @@ class WorkerClients:
         self._mongo: MongoClient[dict[str, Any]] | None = None
         self._redis: Redis | None = None
         # Live notifications to the job's owner: best effort, never a reason to fail or retry.
-        self.events = notifications.WorkerPublisher(lambda: self.redis,
-                                                    prefix=settings.redis_prefix)
+        self.events = notifications.WorkerPublisher(
+            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        )
 
     def _open(self) -> None:
         if self._pid == os.getpid():
@@ -77,6 +78,7 @@ class WorkerClients:
             self._mongo.close()
             self._redis.close()
         self._pid, self._mongo, self._redis = 0, None, None
+        self.events.close()
 
     @property
     def db(self) -> Database[dict[str, Any]]:

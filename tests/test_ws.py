@@ -10,8 +10,10 @@ import re
 import signal
 import socket
 import time
+import uuid
 
 import pytest
+import redis
 from bson import ObjectId
 from redis.asyncio import Redis
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -544,3 +546,32 @@ async def test_sigterm_closes_the_sockets_with_going_away_and_exits_zero(instanc
         assert process.returncode == 0
     finally:
         api.close()
+
+
+# -- the workers' publisher ------------------------------------------------------------------------
+def test_a_worker_publishes_a_bulk_change_as_one_message(redis_url):
+    owner, prefix = ObjectId(), f"todo-test:{uuid.uuid4().hex[:8]}:"
+    with redis.Redis.from_url(redis_url) as listener_client:
+        listener = listener_client.pubsub()
+        listener.subscribe(notifications.channel(prefix, owner))
+        assert listener.get_message(timeout=WAIT)["type"] == "subscribe"
+        publisher = notifications.WorkerPublisher(redis_url, prefix=prefix, timeout=1.0)
+        try:
+            assert publisher.todos_changed(owner, notifications.IMPORTED, 7)
+        finally:
+            publisher.close()
+        message = json.loads(listener.get_message(timeout=WAIT)["data"])
+        listener.close()
+    assert_matches(SPEC, "Notification", message)
+    assert (message["type"], message["action"], message["count"]) == ("todos", "imported", 7)
+
+
+def test_a_worker_without_redis_loses_the_message_quietly_and_cools_down():
+    publisher = notifications.WorkerPublisher(f"redis://127.0.0.1:{free_port()}/0",
+                                              prefix="todo-test:", timeout=0.2)
+    try:
+        assert not publisher.todos_changed(ObjectId(), notifications.PURGED, 1)
+        assert not publisher.todos_changed(ObjectId(), notifications.PURGED, 1)  # not tried
+        assert publisher.failures == 2
+    finally:
+        publisher.close()
