@@ -421,7 +421,7 @@ async def _metric_is(api: Api, name: str, value: float) -> bool:
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_client_that_answers_no_ping_is_closed(mongo_uri, redis_url):
-    settings = make_settings(mongo_uri, redis_url, ws_ping_interval=0.3, ws_ping_timeout=0.3)
+    settings = make_settings(mongo_uri, redis_url, ws_ping_interval=1.0, ws_ping_timeout=1.0)
     async with another_instance(settings) as api:
         token = await api.register("silent")
         user = await user_of(token)
