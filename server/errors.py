@@ -17,6 +17,10 @@ class Unauthorized(ApiError):
     status = 401
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class NotFound(ApiError):
     status = 404
 
@@ -41,6 +45,10 @@ class UnprocessableContent(ApiError):
     """Well-formed, but contradicting an earlier request: an Idempotency-Key reused."""
 
     status = 422
+
+
+class TooManyRequests(ApiError):
+    status = 429
 
 
 class ServiceUnavailable(ApiError):

@@ -17,6 +17,7 @@ run again from the start, so a second attempt finishes what the first left half-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from pymongo.collection import Collection
 
 from server import celery_app, exports
 from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
+from server.notifications import Publisher
 from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -45,6 +47,9 @@ EXPIRED = (
 )
 # Private: the GridFS file the current attempt of an export writes to (see tasks.export).
 EXPORT_FILE = "export_file"
+# Told the job record as it is after each change of state or progress (the worker publishes it
+# to the owner's live notifications: tasks.WorkerClients.job_changed).
+JobListener = Callable[[dict[str, Any]], None]
 
 # A running job's worker renews its lease every LEASE_RENEW_SECONDS; a lease not renewed for
 # LEASE_SECONDS means the worker is gone. Short, so a killed worker's job resumes soon; long
@@ -104,9 +109,12 @@ def result_url(doc: dict[str, Any]) -> str | None:
 
 
 class JobStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], celery: Celery) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], celery: Celery, events: Publisher
+    ) -> None:
         self.collection = db["jobs"]
         self.celery = celery
+        self.events = events
 
     async def start(
         self, *, owner: ObjectId, kind: str, params: dict[str, Any]
@@ -115,14 +123,19 @@ class JobStore:
         # The record first: a worker that takes the job at once must find it.
         doc = new_job(owner, kind, params)
         await self.collection.insert_one(doc)
+        # Before it is handed over: a worker's "running" must not overtake "queued".
+        await self.events.job(owner, public_job(doc))
         try:
             await celery_app.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
         except celery_app.PUBLISH_FAILURES:
-            await self.collection.update_one(
+            failed = await self.collection.find_one_and_update(
                 {"_id": doc["_id"]},
                 {"$set": {"status": FAILED, "error": QUEUE_UNAVAILABLE,
                           "updated_at": utc_now()}},
+                return_document=ReturnDocument.AFTER,
             )
+            if failed is not None:
+                await self.events.job(owner, public_job(failed))
             raise ServiceUnavailable(QUEUE_UNAVAILABLE) from None
         return public_job(doc)
 
@@ -158,14 +171,22 @@ class JobStore:
 
 
 # -- the worker's side: synchronous, on a pymongo Collection ------------------------------
+# Each change returns the record as it is after it and tells `notify` (if given) about it.
+def _changed(doc: dict[str, Any] | None, notify: JobListener | None) -> dict[str, Any] | None:
+    if doc is not None and notify is not None:
+        notify(doc)
+    return doc
+
+
 def mark_running(
-    jobs: Collection[dict[str, Any]], job_id: ObjectId, *, attempt: ObjectId
+    jobs: Collection[dict[str, Any]], job_id: ObjectId, *, attempt: ObjectId,
+    notify: JobListener | None = None,
 ) -> dict[str, Any] | None:
     """Take a queued job, or a running one whose lease has run out (its worker died), under a
     lease for `attempt`. None when there is nothing to do: the job is unknown, finished, or
     running on a live worker (a duplicate message)."""
     now = utc_now()
-    return jobs.find_one_and_update(
+    return _changed(jobs.find_one_and_update(
         {"_id": job_id, "$or": [
             {"status": QUEUED},
             # $not $gt: also a running job with no lease at all.
@@ -174,7 +195,7 @@ def mark_running(
         {"$set": {"status": RUNNING, "attempt": attempt,
                   "lease_until": now + timedelta(seconds=LEASE_SECONDS), "updated_at": now}},
         return_document=ReturnDocument.AFTER,
-    )
+    ), notify)
 
 
 def renew_lease(jobs: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> bool:
@@ -227,11 +248,12 @@ def requeue_stale(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def set_progress(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, done: int,
-                 total: int | None) -> None:
-    jobs.update_one(
+                 total: int | None, notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
         {"$set": {"progress": {"done": done, "total": total}, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
 def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
@@ -240,19 +262,22 @@ def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
 
 
 def mark_done(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,
-              result: dict[str, Any]) -> None:
-    jobs.update_one(
+              result: dict[str, Any], notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
         {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now(),
                   "finished_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
-def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str) -> None:
-    jobs.update_one(
+def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str,
+                notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id, "status": {"$ne": DONE}},
         {"$set": {"status": FAILED, "error": error, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
 def expire_export(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:

@@ -31,8 +31,10 @@ SWEEP_SECONDS = 10.0
 MAX_CLAIMS = 100
 
 
-def sweep(app: Celery, records: Collection[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One pass: every claimed job, queued again (and published) or failed for good."""
+def sweep(app: Celery, records: Collection[dict[str, Any]], *,
+          notify: jobs.JobListener | None = None) -> list[dict[str, Any]]:
+    """One pass: every claimed job, queued again (and published) or failed for good; its
+    owner is told (`notify`) when its state changed."""
     claimed = []
     for claim in (jobs.requeue_interrupted, jobs.requeue_stale):
         for _ in range(MAX_CLAIMS):
@@ -40,6 +42,8 @@ def sweep(app: Celery, records: Collection[dict[str, Any]]) -> list[dict[str, An
             if job is None:
                 break
             claimed.append(job)
+            if notify is not None and claim is jobs.requeue_interrupted:
+                notify(job)
             if job["status"] == jobs.FAILED:
                 log.warning("job %s: %s", job["_id"], job["error"])
                 continue
@@ -77,7 +81,7 @@ class Sweeper:
     def _run(self) -> None:
         while True:
             try:
-                sweep(self.app, self.clients.db["jobs"])
+                sweep(self.app, self.clients.db["jobs"], notify=self.clients.job_changed)
                 expire_exports(self.clients.db["jobs"])
             except PyMongoError as exc:
                 log.warning("sweep skipped, MongoDB unavailable: %s", exc)

@@ -27,7 +27,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import exports, jobs
+from server import exports, jobs, notifications
 from server.cache import VERSION_TTL, first_page_keys, new_version
 from server.settings import Settings
 
@@ -48,6 +48,10 @@ class WorkerClients:
         self._pid = 0
         self._mongo: MongoClient[dict[str, Any]] | None = None
         self._redis: Redis | None = None
+        # Live notifications to the job's owner: best effort, never a reason to fail or retry.
+        self.events = notifications.WorkerPublisher(
+            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        )
 
     def _open(self) -> None:
         if self._pid == os.getpid():
@@ -75,6 +79,7 @@ class WorkerClients:
             self._mongo.close()
             self._redis.close()
         self._pid, self._mongo, self._redis = 0, None, None
+        self.events.close()
 
     @property
     def db(self) -> Database[dict[str, Any]]:
@@ -87,6 +92,10 @@ class WorkerClients:
         self._open()
         assert self._redis is not None
         return self._redis
+
+    def job_changed(self, doc: dict[str, Any]) -> None:
+        """Tell the job's owner its new state (the `notify` of server.jobs' changes)."""
+        self.events.publish(doc["owner"], notifications.job_changed(jobs.public_job(doc)))
 
 
 class Job(Protocol):
@@ -137,13 +146,16 @@ def purge(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     cutoff = datetime.now(UTC) - timedelta(days=job["params"]["older_than_days"])
     doomed = {"owner": owner, "is_finished": True, "finished_at": {"$lt": cutoff}}
     todos = clients.db["todos"]
-    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed))
+    notify = clients.job_changed
+    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed), notify=notify)
     deleted = todos.delete_many(doomed).deleted_count
     # Before the job shows as done: a client that sees "done" must not read a stale page.
     invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
-    jobs.set_progress(records, job_id, done=deleted, total=deleted)
+    if deleted:
+        clients.events.todos_changed(owner, notifications.PURGED, deleted)
+    jobs.set_progress(records, job_id, done=deleted, total=deleted, notify=notify)
     result = {"deleted": deleted}
-    jobs.mark_done(records, job_id, result=result)
+    jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: purged %d todos of %s", job_id, deleted, owner)
     return result
 
@@ -160,15 +172,17 @@ def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     file_id = ObjectId()
     jobs.set_export_file(records, job_id, file_id)
     total = clients.db["todos"].count_documents({"owner": owner})
-    jobs.set_progress(records, job_id, done=0, total=total)
+    notify = clients.job_changed
+    jobs.set_progress(records, job_id, done=0, total=total, notify=notify)
     rows = exports.write_export(
         clients.db, owner=owner, job_id=job_id, fmt=fmt, file_id=file_id,
-        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total),
+        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total,
+                                                notify=notify),
     )
     # Todos created or deleted while it ran: the file is the truth.
-    jobs.set_progress(records, job_id, done=rows, total=rows)
+    jobs.set_progress(records, job_id, done=rows, total=rows, notify=notify)
     result = {"rows": rows, "format": fmt, "file_id": str(file_id)}
-    jobs.mark_done(records, job_id, result=result)
+    jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: exported %d todos of %s as %s", job_id, rows, owner, fmt)
     return result
 
@@ -184,7 +198,8 @@ def failure_message(exc: BaseException) -> str:
 
 def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException) -> None:
     try:
-        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc))
+        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc),
+                         notify=clients.job_changed)
     except PyMongoError:
         log.exception("job %s: could not record its failure", job_id)
 
@@ -195,7 +210,7 @@ def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[s
     worker (a redelivery racing the sweeper) does nothing."""
     oid, attempt = ObjectId(job_id), ObjectId()
     records = clients.db["jobs"]
-    job = jobs.mark_running(records, oid, attempt=attempt)
+    job = jobs.mark_running(records, oid, attempt=attempt, notify=clients.job_changed)
     if job is None:
         log.warning("job %s: finished, unknown or running elsewhere; nothing to do", job_id)
         return {}

@@ -21,6 +21,7 @@ import pytest
 import redis
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from scripts import stack
 from scripts.local_services import alive, free_port
@@ -370,6 +371,33 @@ async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("the queue's Redis did not come back")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_browser_websocket_through_nginx_hears_a_todo_created_on_any_instance(cfg, api):
+    token = await api.register("listener")
+    messages: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+    origin = f"http://127.0.0.1:{cfg.http_port}"  # as a page served by this host would send
+    conn = await websocket_connect(
+        HTTPRequest(f"ws://127.0.0.1:{cfg.http_port}/ws?access_token={token}",
+                    headers={"Origin": origin}),
+        on_message_callback=messages.put_nowait,
+    )
+    try:
+        assert json.loads(await asyncio.wait_for(messages.get(), 30))["type"] == "hello"
+        created = await api.post("/todo", token=token, json_body={"content": "heard"})
+        heard = json.loads(await asyncio.wait_for(messages.get(), 30))
+        assert (heard["type"], heard["action"], heard["todo"]) == ("todo", "created",
+                                                                   created.json)
+    finally:
+        conn.close()
+    access_log = cfg.path("log", "nginx-access.log")
+    for _ in range(100):  # nginx flushes its buffered access log every second
+        if '"uri":"/ws"' in access_log.read_text():
+            break
+        await asyncio.sleep(0.1)
+    assert '"uri":"/ws"' in access_log.read_text()
+    assert token not in access_log.read_text()
 
 
 def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):

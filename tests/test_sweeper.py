@@ -78,12 +78,14 @@ def test_a_job_interrupted_too_often_is_failed_not_queued_again(settings, record
     published: list[str] = []
     app = SimpleNamespace(send_task=lambda name, args, task_id: published.append(task_id))
 
-    claimed = sweeper.sweep(app, records)  # type: ignore[arg-type]
+    notified: list[dict[str, Any]] = []
+    claimed = sweeper.sweep(app, records, notify=notified.append)  # type: ignore[arg-type]
 
     assert sorted((str(j["_id"]), j["status"]) for j in claimed) == sorted([
         (str(again["_id"]), jobs.QUEUED), (str(given_up["_id"]), jobs.FAILED),
     ])
     assert published == [str(again["_id"])]
+    assert notified == claimed  # both owners hear of it: one queued again, one failed
     failed = records.find_one({"_id": given_up["_id"]})
     assert failed["error"] == jobs.INTERRUPTED
     assert records.find_one({"_id": alive["_id"]})["status"] == jobs.RUNNING
