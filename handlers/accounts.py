@@ -38,6 +38,8 @@ class CurrentTokenHandler(APIHandler):
     async def delete(self) -> None:
         """Log out: the token stops working at once, on every instance."""
         await self.services.tokens.revoke(self.principal)
+        # Notification sockets opened with this token close too (on every instance).
+        await self.services.events.revoked(self.principal)
         self.set_status(204)
 
 

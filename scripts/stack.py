@@ -77,8 +77,10 @@ class StackConfig:
     listen: str = "127.0.0.1"
     mongo_port: int = 27017
     redis_port: int = 6379
+    broker_port: int = 6380
     external_mongo_uri: str = ""
     external_redis_url: str = ""
+    external_broker_url: str = ""
     db_name: str = "todo"
     rate_limit: int = 50
     rate_limit_burst: int = 100
@@ -105,12 +107,20 @@ class StackConfig:
 
     @property
     def broker_url(self) -> str:
-        """The job queue: database 1 of the same Redis (a cache flush must not empty it)."""
-        return redis_db_url(self.redis_url, 1)
+        """The job queue. Its own Redis by default: every write on disk before it is
+        acknowledged, never an eviction. Given only a Redis of one's own (TODO_REDIS_URL), its
+        database 1: never the cache's, which is flushed after an outage."""
+        if self.external_broker_url:
+            return self.external_broker_url
+        if self.external_redis_url:
+            return redis_db_url(self.external_redis_url, 1)
+        return f"redis://127.0.0.1:{self.broker_port}/0"
 
     @property
     def result_backend(self) -> str:
-        return redis_db_url(self.redis_url, 2)
+        """Celery's results: the database after the queue's, on the same Redis."""
+        queue_db = int(urlsplit(self.broker_url).path.strip("/") or 0)
+        return redis_db_url(self.broker_url, queue_db + 1)
 
     @property
     def base_url(self) -> str:
@@ -176,10 +186,12 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         for port in cfg.ports
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
-    proxy = render("nginx-proxy.conf.in", {
-        "rate_limit_burst": cfg.rate_limit_burst, "upstream_tries": max(2, min(cfg.instances, 3)),
-    }).split("\n", 2)[2].rstrip("\n")  # without the snippet's own two comment lines
+    shared = {"rate_limit_burst": cfg.rate_limit_burst,
+              "upstream_tries": max(2, min(cfg.instances, 3))}
+    # Without the snippet's own two comment lines.
+    proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
     return render("nginx.conf.in", {
+        **shared,
         "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),
         "nginx_temp": cfg.path("nginx-temp"), "listen": cfg.listen,
         "http_port": cfg.http_port, "https_port": cfg.https_port,
@@ -204,8 +216,19 @@ def supervisord_conf(cfg: StackConfig) -> str:
         }))
     if not cfg.external_redis_url:
         programs.append(render("supervisor-redis.conf.in", {
-            **common, "redis_server": find_redis_server(), "redis_data": cfg.path("redis"),
-            "redis_port": cfg.redis_port,
+            **common, "program": "redis", "redis_server": find_redis_server(),
+            "redis_data": cfg.path("redis"), "redis_port": cfg.redis_port,
+            "role": "The cache, rate limits, revocation copies and pub/sub.",
+            "persistence": "--appendonly yes --appendfsync everysec",
+        }))
+    if not cfg.external_broker_url and not cfg.external_redis_url:
+        programs.append(render("supervisor-redis.conf.in", {
+            **common, "program": "broker", "redis_server": find_redis_server(),
+            "redis_data": cfg.path("broker"), "redis_port": cfg.broker_port,
+            "role": "The job queue: a queued job is on disk before POST /jobs answers 202 "
+                    "(fsync on every write), and a full queue refuses work rather than "
+                    "evicting jobs.",
+            "persistence": "--appendonly yes --appendfsync always --maxmemory-policy noeviction",
         }))
     addresses = {
         "mongo_uri": _supervisor_value(cfg.mongo_uri),
@@ -309,6 +332,8 @@ def check_ports_free(cfg: StackConfig) -> None:
         wanted.append((cfg.mongo_port, "mongod"))
     if not cfg.external_redis_url:
         wanted.append((cfg.redis_port, "redis-server"))
+        if not cfg.external_broker_url:
+            wanted.append((cfg.broker_port, "redis-server of the job queue"))
     for port, role in wanted:
         host = cfg.listen if role.startswith("nginx") else "127.0.0.1"
         if port_in_use(port, host):
@@ -319,7 +344,7 @@ def check_ports_free(cfg: StackConfig) -> None:
 
 
 def prepare(cfg: StackConfig) -> Supervisor:
-    for sub in ("run", "log", "mongo", "redis", "tls"):
+    for sub in ("run", "log", "mongo", "redis", "broker", "tls"):
         cfg.path(sub).mkdir(parents=True, exist_ok=True)
     temp = cfg.path("nginx-temp")
     temp.mkdir(exist_ok=True)
@@ -423,6 +448,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="address nginx listens on (loopback by default)")
     start.add_argument("--mongo-port", type=int, default=defaults.mongo_port)
     start.add_argument("--redis-port", type=int, default=defaults.redis_port)
+    start.add_argument("--broker-port", type=int, default=defaults.broker_port,
+                       help="port of the job queue's own Redis")
     start.add_argument("--db-name", default=defaults.db_name)
     start.add_argument("--rate-limit", type=int, default=defaults.rate_limit,
                        help="requests per second per client address (nginx limit_req)")
@@ -443,9 +470,10 @@ def _config_from(args: argparse.Namespace) -> StackConfig:
     return StackConfig(
         var=str(args.var.resolve()), instances=args.instances, base_port=args.base_port,
         http_port=args.http_port, https_port=args.https_port, listen=args.listen,
-        mongo_port=args.mongo_port, redis_port=args.redis_port,
+        mongo_port=args.mongo_port, redis_port=args.redis_port, broker_port=args.broker_port,
         external_mongo_uri=os.environ.get("TODO_MONGO_URI", ""),
         external_redis_url=os.environ.get("TODO_REDIS_URL", ""),
+        external_broker_url=os.environ.get("TODO_BROKER_URL", ""),
         db_name=args.db_name, rate_limit=args.rate_limit, rate_limit_burst=args.rate_limit_burst,
         rate_limit_exempt=tuple(a.strip() for a in args.rate_limit_exempt.split(",") if a.strip()),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tornado.web import Application, RequestHandler
 
-from handlers import accounts, health, jobs, metrics, todos
+from handlers import accounts, health, jobs, metrics, todos, ws
 from handlers.base import NotFoundHandler
 from server import logs
 from server.inflight import InFlight
@@ -31,6 +31,7 @@ def make_app(services: Services) -> Application:
         *accounts.default_handlers,
         *health.default_handlers,
         *metrics.default_handlers,
+        *ws.default_handlers,
     ]
     instance_metrics = Metrics(services, routes)
     return Application(
@@ -45,4 +46,9 @@ def make_app(services: Services) -> Application:
         # The API speaks JSON only: no cookies, no XSRF forms, no static files.
         xsrf_cookies=False,
         compress_response=True,
+        # Notification sockets: pings find dead peers (no pong within the timeout closes the
+        # socket); clients only ever send tiny messages.
+        websocket_ping_interval=services.settings.ws_ping_interval,
+        websocket_ping_timeout=services.settings.ws_ping_timeout,
+        websocket_max_message_size=ws.MAX_INCOMING_MESSAGE,
     )

@@ -48,13 +48,16 @@ def make_celery(settings: Settings, *, worker: bool = False) -> Celery:
     )
     app.config_from_object(load_celery_config())
     if worker:
-        from server import tasks  # the tasks import the synchronous clients only workers need
+        # The tasks and the sweeper import the synchronous clients only workers need.
+        from server import sweeper, tasks
 
         tasks.register(app, settings)
+        sweeper.install(app, settings)
     return app
 
 
-def _publish(app: Celery, task_name: str, job_id: str) -> None:
+def publish(app: Celery, task_name: str, job_id: str) -> None:
+    """Publish a job (blocking: a worker's thread may call it, an event loop must not)."""
     # The job id is the task id too: the worker's log lines name the job.
     app.send_task(task_name, args=[job_id], task_id=job_id)
 
@@ -63,7 +66,7 @@ async def enqueue(app: Celery, task_name: str, job_id: str) -> None:
     """Publish a job for the workers. Celery talks to Redis synchronously: the call runs in
     the default executor so that the event loop never waits on the broker."""
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, partial(_publish, app, task_name, job_id))
+    await loop.run_in_executor(None, partial(publish, app, task_name, job_id))
 
 
 async def close(app: Celery) -> None:

@@ -17,12 +17,20 @@ class Unauthorized(ApiError):
     status = 401
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class NotFound(ApiError):
     status = 404
 
 
 class Conflict(ApiError):
     status = 409
+
+
+class Gone(ApiError):
+    status = 410
 
 
 class PayloadTooLarge(ApiError):
@@ -37,6 +45,10 @@ class UnprocessableContent(ApiError):
     """Well-formed, but contradicting an earlier request: an Idempotency-Key reused."""
 
     status = 422
+
+
+class TooManyRequests(ApiError):
+    status = 429
 
 
 class ServiceUnavailable(ApiError):

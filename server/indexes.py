@@ -26,8 +26,16 @@ INDEXES: dict[str, list[IndexModel]] = {
                    name="owner_idempotency_key"),
     ],
     # A user's recent jobs, newest first (GET /jobs).
-    "jobs": [IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
-                        name="owner_created_at")],
+    "jobs": [
+        IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                   name="owner_created_at"),
+        # The sweeper's three questions (server/sweeper.py): leases run out, jobs queued too
+        # long, exports past their keeping time.
+        IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
+        IndexModel([("status", ASCENDING), ("queued_at", ASCENDING)], name="status_queued_at"),
+        IndexModel([("status", ASCENDING), ("finished_at", ASCENDING)],
+                   name="status_finished_at"),
+    ],
     # GridFS's own indexes for the uploads (server/uploads.py writes the chunks itself).
     "imports.chunks": [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True,
                                   name="files_id_1_n_1")],

@@ -5,10 +5,20 @@ survive a Redis flush. Web instances create and read them (`JobStore`, async); w
 them through their states with the synchronous functions below.
 
     queued --(a worker takes it)--> running --> done | failed
+                                      |
+                                      +--(its worker died: the lease ran out)--> queued
+
+A running job holds a lease that its worker renews every few seconds. A worker killed with
+`kill -9`, by the OOM killer or by a hard time limit stops renewing it; the sweeper (server/
+sweeper.py, in every worker) then queues the job again, at once rather than after the broker's
+visibility timeout, which must outlast the longest job and is an hour. Every task is safe to
+run again from the start, so a second attempt finishes what the first left half-done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -18,7 +28,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
 from server import celery_app, exports
-from server.errors import Conflict, NotFound, ServiceUnavailable
+from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
+from server.notifications import Publisher
 from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -29,11 +40,37 @@ QUEUE_UNAVAILABLE = "job queue unavailable, try again shortly"
 NOT_AN_EXPORT = "this job is not an export or an import: it has no file to download"
 NOT_DONE = "the job is not done yet; follow it until its status is done"
 NO_REPORT = "this import rejected no row: it has no error report to download"
+# A finished export's file is kept this long, then deleted by the sweeper (the record stays).
+EXPORT_KEEP_DAYS = 7
+EXPIRED = (
+    f"the export's file was deleted {EXPORT_KEEP_DAYS} days after it was made; "
+    "start a new export"
+)
 # Private: the GridFS file (bucket `exports`) the current attempt writes to: an export's file
 # (see tasks.export), an import's report of rejected rows (see tasks.import_todos).
 EXPORT_FILE = "export_file"
 # Private: an import's uploaded file (bucket `imports`), deleted once the job has finished.
 IMPORT_FILE = "import_file"
+# Told the job record as it is after each change of state or progress (the worker publishes it
+# to the owner's live notifications: tasks.WorkerClients.job_changed).
+JobListener = Callable[[dict[str, Any]], None]
+
+# A running job's worker renews its lease every LEASE_RENEW_SECONDS; a lease not renewed for
+# LEASE_SECONDS means the worker is gone. Short, so a killed worker's job resumes soon; long
+# enough that a busy MongoDB or a pause of the worker does not look like a death.
+LEASE_SECONDS = 30
+LEASE_RENEW_SECONDS = 5
+# A job interrupted this many times is failed instead of queued again: it is what kills its
+# worker (memory, a hard time limit).
+MAX_INTERRUPTIONS = 3
+INTERRUPTED = (
+    f"the job was interrupted {MAX_INTERRUPTIONS} times (its worker stopped, or it ran past "
+    "its hard time limit); it was given up"
+)
+# A job queued this long ago and still not taken may have lost its message (a broker that
+# lost its data): it is published again. A duplicate message is harmless: the second finds
+# the job taken or finished and does nothing.
+REQUEUE_AFTER_SECONDS = 300
 
 
 def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +80,7 @@ def new_job(owner: ObjectId, kind: str, params: dict[str, Any]) -> dict[str, Any
         "owner": owner,
         "type": kind,
         "status": QUEUED,
+        "queued_at": now,
         "progress": {"done": 0, "total": None},
         "params": params,
         "result": None,
@@ -68,19 +106,23 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_url(doc: dict[str, Any]) -> str | None:
-    """Where a finished export, or a finished import's report of rejected rows, is downloaded;
-    None for every other job."""
+    """Where a finished export (until it expires), or a finished import's report of rejected
+    rows, is downloaded; None for every other job."""
     if doc["status"] == DONE and (
-        doc["type"] == "export" or (doc["type"] == "import" and doc["result"]["rejected"])
+        (doc["type"] == "export" and not doc["result"].get("expired"))
+        or (doc["type"] == "import" and doc["result"]["rejected"])
     ):
         return f"/jobs/{doc['_id']}/result"
     return None
 
 
 class JobStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], celery: Celery) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], celery: Celery, events: Publisher
+    ) -> None:
         self.collection = db["jobs"]
         self.celery = celery
+        self.events = events
 
     async def start(
         self, *, owner: ObjectId, kind: str, params: dict[str, Any],
@@ -91,14 +133,19 @@ class JobStore:
         # The record first: a worker that takes the job at once must find it.
         doc = {**new_job(owner, kind, params), **(private or {})}
         await self.collection.insert_one(doc)
+        # Before it is handed over: a worker's "running" must not overtake "queued".
+        await self.events.job(owner, public_job(doc))
         try:
             await celery_app.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
         except celery_app.PUBLISH_FAILURES:
-            await self.collection.update_one(
+            failed = await self.collection.find_one_and_update(
                 {"_id": doc["_id"]},
                 {"$set": {"status": FAILED, "error": QUEUE_UNAVAILABLE,
                           "updated_at": utc_now()}},
+                return_document=ReturnDocument.AFTER,
             )
+            if failed is not None:
+                await self.events.job(owner, public_job(failed))
             raise ServiceUnavailable(QUEUE_UNAVAILABLE) from None
         return public_job(doc)
 
@@ -124,6 +171,8 @@ class JobStore:
             return await exports.open_report(
                 self.collection.database, file_id=doc[EXPORT_FILE], job_id=job_id
             )
+        if doc["result"].get("expired"):
+            raise Gone(EXPIRED)
         return await exports.open_export(
             self.collection.database, file_id=ObjectId(doc["result"]["file_id"]), job_id=job_id,
             fmt=doc["result"]["format"],
@@ -138,22 +187,89 @@ class JobStore:
 
 
 # -- the worker's side: synchronous, on a pymongo Collection ------------------------------
-def mark_running(jobs: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
-    """Take a queued job (or one already running: a redelivery after a worker died). None when
-    there is nothing to do: the job is unknown, or already done or failed."""
+# Each change returns the record as it is after it and tells `notify` (if given) about it.
+def _changed(doc: dict[str, Any] | None, notify: JobListener | None) -> dict[str, Any] | None:
+    if doc is not None and notify is not None:
+        notify(doc)
+    return doc
+
+
+def mark_running(
+    jobs: Collection[dict[str, Any]], job_id: ObjectId, *, attempt: ObjectId,
+    notify: JobListener | None = None,
+) -> dict[str, Any] | None:
+    """Take a queued job, or a running one whose lease has run out (its worker died), under a
+    lease for `attempt`. None when there is nothing to do: the job is unknown, finished, or
+    running on a live worker (a duplicate message)."""
+    now = utc_now()
+    return _changed(jobs.find_one_and_update(
+        {"_id": job_id, "$or": [
+            {"status": QUEUED},
+            # $not $gt: also a running job with no lease at all.
+            {"status": RUNNING, "lease_until": {"$not": {"$gt": now}}},
+        ]},
+        {"$set": {"status": RUNNING, "attempt": attempt,
+                  "lease_until": now + timedelta(seconds=LEASE_SECONDS), "updated_at": now}},
+        return_document=ReturnDocument.AFTER,
+    ), notify)
+
+
+def renew_lease(jobs: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> bool:
+    """Extend the lease of a running attempt; False when the job is no longer that attempt's."""
+    renewed = jobs.update_one(
+        {"_id": job_id, "status": RUNNING, "attempt": attempt},
+        {"$set": {"lease_until": utc_now() + timedelta(seconds=LEASE_SECONDS)}},
+    )
+    return renewed.matched_count == 1
+
+
+def release_lease(jobs: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> None:
+    """The attempt has ended without finishing the job (a transient error Celery will retry):
+    its lease ends now, so the retry can take the job at once."""
+    jobs.update_one(
+        {"_id": job_id, "status": RUNNING, "attempt": attempt},
+        {"$set": {"lease_until": utc_now()}},
+    )
+
+
+def requeue_interrupted(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one running job whose lease ran out: queued again (for the caller to publish),
+    or failed once it has been interrupted MAX_INTERRUPTIONS times. One atomic update, so of
+    several sweepers only one claims it."""
+    now = utc_now()
+    given_up = {"$gte": ["$interruptions", MAX_INTERRUPTIONS]}
     return jobs.find_one_and_update(
-        {"_id": job_id, "status": {"$in": [QUEUED, RUNNING]}},
-        {"$set": {"status": RUNNING, "updated_at": utc_now()}},
+        {"status": RUNNING, "lease_until": {"$lt": now}},
+        [
+            {"$set": {"interruptions": {"$add": [{"$ifNull": ["$interruptions", 0]}, 1]}}},
+            {"$set": {
+                "status": {"$cond": [given_up, FAILED, QUEUED]},
+                "error": {"$cond": [given_up, INTERRUPTED, "$error"]},
+                "queued_at": now,
+                "updated_at": now,
+            }},
+        ],
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def requeue_stale(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one job queued for longer than REQUEUE_AFTER_SECONDS, to be published again."""
+    now = utc_now()
+    return jobs.find_one_and_update(
+        {"status": QUEUED, "queued_at": {"$lt": now - timedelta(seconds=REQUEUE_AFTER_SECONDS)}},
+        {"$set": {"queued_at": now}},
         return_document=ReturnDocument.AFTER,
     )
 
 
 def set_progress(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, done: int,
-                 total: int | None) -> None:
-    jobs.update_one(
+                 total: int | None, notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
         {"$set": {"progress": {"done": done, "total": total}, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
 def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
@@ -162,16 +278,31 @@ def set_export_file(jobs: Collection[dict[str, Any]], job_id: ObjectId,
 
 
 def mark_done(jobs: Collection[dict[str, Any]], job_id: ObjectId, *,
-              result: dict[str, Any]) -> None:
-    jobs.update_one(
+              result: dict[str, Any], notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id},
-        {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now()}},
-    )
+        {"$set": {"status": DONE, "result": result, "error": None, "updated_at": utc_now(),
+                  "finished_at": utc_now()}},
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
 
-def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str) -> None:
-    jobs.update_one(
+def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: str,
+                notify: JobListener | None = None) -> None:
+    _changed(jobs.find_one_and_update(
         {"_id": job_id, "status": {"$ne": DONE}},
         {"$set": {"status": FAILED, "error": error, "updated_at": utc_now()}},
-    )
+        return_document=ReturnDocument.AFTER,
+    ), notify)
 
+
+def expire_export(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one export finished more than EXPORT_KEEP_DAYS ago whose file is still kept: it
+    is marked expired (no more downloads start) and returned, for the caller to delete the
+    file."""
+    now = utc_now()
+    return jobs.find_one_and_update(
+        {"type": "export", "status": DONE, "result.expired": {"$ne": True},
+         "finished_at": {"$lt": now - timedelta(days=EXPORT_KEEP_DAYS)}},
+        {"$set": {"result.expired": True, "updated_at": now}},
+    )

@@ -38,6 +38,10 @@ def listen(server: HTTPServer, settings: Settings) -> None:
         ) from None
 
 
+# How long notification sockets get to finish their closing handshake on shutdown.
+SOCKETS_GRACE = 1.0
+
+
 async def drain(tracker: InFlight, server: HTTPServer, grace: float) -> None:
     """Let in-flight requests finish (for at most `grace` seconds), then close connections."""
     try:
@@ -67,7 +71,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down: no new connections, draining requests")
         server.stop()
-        await drain(app.settings["in_flight"], server, settings.shutdown_timeout)
+        # WebSockets are told 1001 (going away: reconnect to another instance) at once; they
+        # are not in-flight requests, and their closing does not hold up the drain.
+        await asyncio.gather(
+            services.hub.close_sockets(grace=SOCKETS_GRACE),
+            drain(app.settings["in_flight"], server, settings.shutdown_timeout),
+        )
     finally:
         await services.close()
     log.info("stopped")

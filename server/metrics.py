@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from tornado.web import RequestHandler
 
@@ -47,6 +47,34 @@ class ServiceCollector(Collector):
             "todo_redis_errors",
             "Redis calls that failed or timed out (each was served without Redis).",
             value=redis.errors,
+        )
+        hub = self.services.hub
+        yield GaugeMetricFamily(
+            "todo_ws_open_sockets", "Notification WebSockets open on this instance.",
+            value=hub.sockets,
+        )
+        yield GaugeMetricFamily(
+            "todo_ws_queued_messages",
+            "Notification messages waiting in the sockets' bounded queues.", value=hub.queued,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_messages_sent", "Notification messages written to WebSockets.",
+            value=hub.sent,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_slow_disconnects",
+            "WebSockets closed because their client fell a whole queue behind.",
+            value=hub.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_redis_reconnects",
+            "Times the notification hub lost its Redis pub/sub connection and reconnected.",
+            value=hub.reconnects,
+        )
+        yield CounterMetricFamily(
+            "todo_notify_publish_failures",
+            "Notifications this instance could not publish (Redis down); the writes succeeded.",
+            value=self.services.events.failures,
         )
 
 

@@ -16,7 +16,9 @@ from redis.backoff import NoBackoff
 
 from server import celery_app
 from server.cache import PageCache
+from server.hub import Hub
 from server.jobs import JobStore
+from server.notifications import Publisher
 from server.redis_guard import RedisGuard
 from server.settings import Settings
 from server.todos import TodoStore
@@ -76,6 +78,8 @@ class Services:
     tokens: TokenService
     celery: Celery
     jobs: JobStore
+    events: Publisher  # publishes users' live notifications
+    hub: Hub  # relays them to this instance's WebSockets
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -92,6 +96,7 @@ class Services:
         return await self.redis.ping()
 
     async def close(self) -> None:
+        await self.hub.close()
         await asyncio.gather(
             self.redis.close(), self.mongo.close(), celery_app.close(self.celery)
         )
@@ -112,14 +117,18 @@ def open_services(
     cache = PageCache(guard, ttl=settings.cache_ttl, lock_ttl=lock_ttl)
     # Publishes jobs only; it connects to the broker on the first one.
     celery = celery_app.make_celery(settings)
+    events = Publisher(guard)
     return Services(
         settings=settings,
         mongo=mongo,
         redis=guard,
         cache=cache,
-        todos=TodoStore(db, cache),
+        todos=TodoStore(db, cache, events),
         users=UserStore(db),
         tokens=TokenService(secret=settings.secret, ttl=settings.token_ttl, guard=guard, db=db),
         celery=celery,
-        jobs=JobStore(db, celery),
+        jobs=JobStore(db, celery, events),
+        events=events,
+        # Its own Redis connection, opened when the first WebSocket arrives.
+        hub=Hub(settings),
     )

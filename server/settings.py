@@ -55,6 +55,11 @@ class Settings:
     max_upload_size: int = 50 * 1024 * 1024
     shutdown_timeout: float = 10.0
     xheaders: bool = False
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_queue_size: int = 256
+    ws_max_per_user: int = 20
+    ws_origins: str = ""
 
 
 def _parse_bool(text: str) -> bool:
@@ -97,6 +102,16 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "shutdown_timeout": (float, "seconds in-flight requests get to finish on SIGTERM "
                                 "(TODO_SHUTDOWN_TIMEOUT)"),
     "xheaders": (bool, "trust X-Real-IP / X-Forwarded-* (only behind nginx) (TODO_XHEADERS)"),
+    "ws_ping_interval": (float, "seconds between WebSocket pings to each client "
+                                "(TODO_WS_PING_INTERVAL)"),
+    "ws_ping_timeout": (float, "seconds a client has to answer a ping before its WebSocket is "
+                               "closed; at most ws_ping_interval (TODO_WS_PING_TIMEOUT)"),
+    "ws_queue_size": (int, "messages a WebSocket may have waiting to be sent; a client that "
+                           "falls further behind is disconnected (TODO_WS_QUEUE_SIZE)"),
+    "ws_max_per_user": (int, "open WebSockets one user may have on one instance "
+                             "(TODO_WS_MAX_PER_USER)"),
+    "ws_origins": (str, "comma-separated browser origins allowed to open WebSockets besides "
+                        "the API's own; * for any (TODO_WS_ORIGINS)"),
 }
 
 
@@ -227,6 +242,11 @@ def _validate(values: dict[str, Any]) -> None:
         (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
         (values["max_upload_size"] >= 1024, "max_upload_size must be at least 1024 bytes"),
         (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
+        (values["ws_ping_interval"] > 0, "ws_ping_interval must be positive"),
+        (0 < values["ws_ping_timeout"] <= values["ws_ping_interval"],
+         "ws_ping_timeout must be positive and at most ws_ping_interval"),
+        (values["ws_queue_size"] >= 1, "ws_queue_size must be at least 1"),
+        (values["ws_max_per_user"] >= 1, "ws_max_per_user must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:

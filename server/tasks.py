@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import exports, imports, jobs
+from server import exports, imports, jobs, notifications
 from server.cache import VERSION_TTL, first_page_keys, new_version
 from server.settings import Settings
 
@@ -47,6 +48,10 @@ class WorkerClients:
         self._pid = 0
         self._mongo: MongoClient[dict[str, Any]] | None = None
         self._redis: Redis | None = None
+        # Live notifications to the job's owner: best effort, never a reason to fail or retry.
+        self.events = notifications.WorkerPublisher(
+            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        )
 
     def _open(self) -> None:
         if self._pid == os.getpid():
@@ -74,6 +79,7 @@ class WorkerClients:
             self._mongo.close()
             self._redis.close()
         self._pid, self._mongo, self._redis = 0, None, None
+        self.events.close()
 
     @property
     def db(self) -> Database[dict[str, Any]]:
@@ -87,9 +93,13 @@ class WorkerClients:
         assert self._redis is not None
         return self._redis
 
+    def job_changed(self, doc: dict[str, Any]) -> None:
+        """Tell the job's owner its new state (the `notify` of server.jobs' changes)."""
+        self.events.publish(doc["owner"], notifications.job_changed(jobs.public_job(doc)))
+
 
 class Job(Protocol):
-    def __call__(self, clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]: ...
+    def __call__(self, clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
@@ -102,41 +112,57 @@ def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
         pipe.execute()
 
 
-def _start(records: Collection[dict[str, Any]], job_id: ObjectId) -> dict[str, Any] | None:
-    """Mark the job running; None (logged) when a redelivery finds it unknown or finished."""
-    job = jobs.mark_running(records, job_id)
-    if job is None:
-        log.warning("job %s: unknown, done or failed already; nothing to do", job_id)
-    return job
+class LeaseKeeper:
+    """Renews a running attempt's lease from a thread while the job runs, so that a job that
+    is busy (one long MongoDB call, say) is never taken for the job of a dead worker."""
+
+    def __init__(self, records: Collection[dict[str, Any]], job_id: ObjectId,
+                 attempt: ObjectId, *, every: float = jobs.LEASE_RENEW_SECONDS) -> None:
+        self.records, self.job_id, self.attempt, self.every = records, job_id, attempt, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not jobs.renew_lease(self.records, self.job_id, self.attempt):
+                    return  # finished, failed, or (after a long outage) taken by another
+            except PyMongoError as exc:
+                log.warning("job %s: could not renew its lease: %s", self.job_id, exc)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def purge(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+def purge(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Delete the owner's finished todos older than the job's `older_than_days`."""
-    records = clients.db["jobs"]
-    job = _start(records, job_id)
-    if job is None:
-        return {}
+    records, job_id = clients.db["jobs"], job["_id"]
     owner = job["owner"]
     cutoff = datetime.now(UTC) - timedelta(days=job["params"]["older_than_days"])
     doomed = {"owner": owner, "is_finished": True, "finished_at": {"$lt": cutoff}}
     todos = clients.db["todos"]
-    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed))
+    notify = clients.job_changed
+    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed), notify=notify)
     deleted = todos.delete_many(doomed).deleted_count
     # Before the job shows as done: a client that sees "done" must not read a stale page.
     invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
-    jobs.set_progress(records, job_id, done=deleted, total=deleted)
+    if deleted:
+        clients.events.todos_changed(owner, notifications.PURGED, deleted)
+    jobs.set_progress(records, job_id, done=deleted, total=deleted, notify=notify)
     result = {"deleted": deleted}
-    jobs.mark_done(records, job_id, result=result)
+    jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: purged %d todos of %s", job_id, deleted, owner)
     return result
 
 
-def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Write the owner's todos, newest first, to a GridFS file in the job's format."""
-    records = clients.db["jobs"]
-    job = _start(records, job_id)
-    if job is None:
-        return {}
+    records, job_id = clients.db["jobs"], job["_id"]
     owner, fmt = job["owner"], job["params"]["format"]
     # A redelivery: the attempt before died half-way. Its file (or the chunks of an upload it
     # never closed) goes before a new one is started, so a job never has two results.
@@ -146,47 +172,49 @@ def export(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
     file_id = ObjectId()
     jobs.set_export_file(records, job_id, file_id)
     total = clients.db["todos"].count_documents({"owner": owner})
-    jobs.set_progress(records, job_id, done=0, total=total)
+    notify = clients.job_changed
+    jobs.set_progress(records, job_id, done=0, total=total, notify=notify)
     rows = exports.write_export(
         clients.db, owner=owner, job_id=job_id, fmt=fmt, file_id=file_id,
-        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total),
+        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total,
+                                                notify=notify),
     )
     # Todos created or deleted while it ran: the file is the truth.
-    jobs.set_progress(records, job_id, done=rows, total=rows)
+    jobs.set_progress(records, job_id, done=rows, total=rows, notify=notify)
     result = {"rows": rows, "format": fmt, "file_id": str(file_id)}
-    jobs.mark_done(records, job_id, result=result)
+    jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: exported %d todos of %s as %s", job_id, rows, owner, fmt)
     return result
 
 
-def import_todos(clients: WorkerClients, *, job_id: ObjectId) -> dict[str, Any]:
+def import_todos(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Import the job's uploaded file: every good row once, the rejected ones reported."""
-    records = clients.db["jobs"]
-    job = _start(records, job_id)
-    if job is None:
-        return {}
+    records, job_id = clients.db["jobs"], job["_id"]
     # A redelivery: the report of the attempt before goes, as an export's file does.
     if job.get(jobs.EXPORT_FILE) is not None:
         exports.discard(clients.db, job[jobs.EXPORT_FILE])
     report_id = ObjectId()
     jobs.set_export_file(records, job_id, report_id)
+    notify = clients.job_changed
     try:
         result = imports.run(
             clients.db, job, upload_id=job[jobs.IMPORT_FILE], report_id=report_id,
             progress=lambda done, total: jobs.set_progress(records, job_id, done=done,
-                                                           total=total),
+                                                           total=total, notify=notify),
         )
     except imports.ImportFileError as exc:
         # The file itself is wrong: nothing was imported, and another try would not help.
-        jobs.mark_failed(records, job_id, error=str(exc))
+        jobs.mark_failed(records, job_id, error=str(exc), notify=notify)
         log.info("job %s: import refused: %s", job_id, exc)
         return {"error": str(exc)}
+    owner = job["owner"]
     # Before the job shows as done: a client that sees "done" must not read a stale page.
-    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix,
-                          owner=str(job["owner"]))
-    jobs.mark_done(records, job_id, result=result)
+    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
+    if result["imported"]:
+        clients.events.todos_changed(owner, notifications.IMPORTED, result["imported"])
+    jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: imported %d todos of %s (%d duplicates, %d rejected)", job_id,
-             result["imported"], job["owner"], result["duplicates"], result["rejected"])
+             result["imported"], owner, result["duplicates"], result["rejected"])
     return result
 
 
@@ -215,24 +243,43 @@ def failure_message(exc: BaseException) -> str:
 
 def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException) -> None:
     try:
-        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc))
+        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc),
+                         notify=clients.job_changed)
     except PyMongoError:
         log.exception("job %s: could not record its failure", job_id)
 
 
 def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[str, Any]:
-    """Run `work` for the job a message names; a failure that ends the job is recorded."""
-    oid = ObjectId(job_id)
+    """Take the job a message names and run `work` on it under a lease; a failure that ends
+    the job is recorded. A message for a job that is finished, unknown or running on a live
+    worker (a redelivery racing the sweeper) does nothing."""
+    oid, attempt = ObjectId(job_id), ObjectId()
+    records = clients.db["jobs"]
+    job = jobs.mark_running(records, oid, attempt=attempt, notify=clients.job_changed)
+    if job is None:
+        log.warning("job %s: finished, unknown or running elsewhere; nothing to do", job_id)
+        return {}
     try:
-        return work(clients, job_id=oid)
+        with LeaseKeeper(records, oid, attempt):
+            return work(clients, job)
     except TRANSIENT as exc:
         if task.request.retries >= task.max_retries:
             _record_failure(clients, oid, exc)
+        else:
+            _release(records, oid, attempt)
         raise  # with retries left, Celery runs the task again later (autoretry_for)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         _record_failure(clients, oid, exc)
         raise
+
+
+def _release(records: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> None:
+    try:
+        jobs.release_lease(records, job_id, attempt)
+    except PyMongoError:
+        log.warning("job %s: could not release its lease; it is taken again once it runs out",
+                    job_id)
 
 
 def register(app: Celery, settings: Settings) -> None:

@@ -20,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from server.cache import PageCache
 from server.errors import Conflict, NotFound, UnprocessableContent
+from server.notifications import CREATED, FINISHED, UPDATED, Publisher
 from server.paging import encode_cursor
 from server.validation import ListQuery, TodoUpdate
 
@@ -115,9 +116,15 @@ def _finished_at_when(finished: bool, now: datetime) -> Any:
 
 
 class TodoStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], cache: PageCache) -> None:
+    """Each write is published to the owner's live notifications once it is done (best
+    effort: see server/notifications.py); a replayed create changed nothing and says nothing."""
+
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], cache: PageCache, events: Publisher
+    ) -> None:
         self.collection = db["todos"]
         self.cache = cache
+        self.events = events
 
     async def create(
         self, *, owner: ObjectId, content: str, idempotency_key: str | None = None
@@ -135,7 +142,9 @@ class TodoStore:
                     return earlier
                 continue  # deleted since our insert failed: the key is free again
             await self.cache.invalidate(str(owner))
-            return Created(public_todo(doc), replayed=False)
+            todo = public_todo(doc)
+            await self.events.todo(owner, CREATED, todo)
+            return Created(todo, replayed=False)
         raise Conflict("the todo of this Idempotency-Key is being deleted; retry the request")
 
     async def _replay(self, owner: ObjectId, key: str, hashed: str) -> Created | None:
@@ -188,14 +197,15 @@ class TodoStore:
         if changes.is_finished is not None:
             fields["is_finished"] = changes.is_finished
             fields["finished_at"] = _finished_at_when(changes.is_finished, utc_now())
-        return await self._update(owner, todo_id, fields)
+        action = FINISHED if changes.is_finished else UPDATED
+        return await self._update(owner, todo_id, fields, action)
 
     async def finish(self, *, owner: ObjectId, todo_id: ObjectId) -> dict[str, Any]:
         fields = {"is_finished": True, "finished_at": _finished_at_when(True, utc_now())}
-        return await self._update(owner, todo_id, fields)
+        return await self._update(owner, todo_id, fields, FINISHED)
 
     async def _update(
-        self, owner: ObjectId, todo_id: ObjectId, fields: dict[str, Any]
+        self, owner: ObjectId, todo_id: ObjectId, fields: dict[str, Any], action: str
     ) -> dict[str, Any]:
         doc = await self.collection.find_one_and_update(
             {"_id": todo_id, "owner": owner},
@@ -206,13 +216,16 @@ class TodoStore:
         if doc is None:
             raise NotFound("todo not found")
         await self.cache.invalidate(str(owner))
-        return public_todo(doc)
+        todo = public_todo(doc)
+        await self.events.todo(owner, action, todo)
+        return todo
 
     async def delete(self, *, owner: ObjectId, todo_id: ObjectId) -> None:
         result = await self.collection.delete_one({"_id": todo_id, "owner": owner})
         if result.deleted_count == 0:
             raise NotFound("todo not found")
         await self.cache.invalidate(str(owner))
+        await self.events.todo_deleted(owner, todo_id)
 
     async def list_page(self, *, owner: ObjectId, query: ListQuery) -> Page:
         """A page newest first; the first page of the default query comes from the cache."""

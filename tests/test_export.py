@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import exports, jobs, tasks
+from server import exports, jobs, sweeper, tasks
 from server.settings import PROJECT_ROOT
 from tests.conftest import error_of, make_settings
 from tests.test_jobs import create, purge, user_id, wait_for_job
@@ -152,6 +154,33 @@ async def test_bad_export_bodies_are_400(api, body, message):
     assert (await api.get("/jobs", token=token)).json == {"data": []}
 
 
+@pytest.mark.gen_test(timeout=120)
+async def test_an_export_file_is_deleted_after_its_keeping_time_and_then_gone(
+    api, services, worker
+):
+    token = await api.register("alice")
+    await create(api, token, "one")
+    worker.start()
+    fresh = await wait_for_job(api, token, (await export(api, token, "json"))["id"])
+    old = await wait_for_job(api, token, (await export(api, token, "json"))["id"])
+    assert (fresh["status"], old["status"]) == (jobs.DONE, jobs.DONE), worker.log()
+    await services.db["jobs"].update_one(
+        {"_id": ObjectId(old["id"])},
+        {"$set": {"finished_at": jobs.utc_now() - timedelta(days=jobs.EXPORT_KEEP_DAYS, hours=1)}},
+    )
+    with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
+        records = mongo[services.settings.db_name]["jobs"]
+        assert sweeper.expire_exports(records) == 1
+        assert sweeper.expire_exports(records) == 0
+    expired = (await api.get(f"/jobs/{old['id']}", token=token)).json
+    assert expired["result_url"] is None
+    assert expired["result"]["expired"] is True
+    assert error_of(await api.get(old["result_url"], token=token)) == (410, jobs.EXPIRED)
+    files = await services.db["exports.files"].find().to_list()
+    assert [str(f["_id"]) for f in files] == [fresh["result"]["file_id"]]
+    assert (await api.get(fresh["result_url"], token=token)).status == 200
+
+
 def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_url):
     """The attempt before died half-way: its chunks (no file document yet) are deleted, and
     the job ends with exactly one file, the new one."""
@@ -175,7 +204,8 @@ def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_ur
             )
             assert db["exports.chunks"].count_documents({"files_id": stale}) == 3
 
-            result = tasks.export(clients, job_id=doc["_id"])
+            attempt = SimpleNamespace(request=SimpleNamespace(retries=0), max_retries=5)
+            result = tasks.run_job(attempt, clients, str(doc["_id"]), tasks.export)
             assert result["rows"] == 5
             assert db["exports.chunks"].count_documents({"files_id": stale}) == 0
             assert [f["_id"] for f in db["exports.files"].find()] == [
@@ -183,7 +213,7 @@ def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_ur
             ]
             assert db["jobs"].find_one({"_id": doc["_id"]})["status"] == jobs.DONE
             # Delivered once more after it finished: nothing changes.
-            assert tasks.export(clients, job_id=doc["_id"]) == {}
+            assert tasks.run_job(attempt, clients, str(doc["_id"]), tasks.export) == {}
             assert db["exports.files"].count_documents({}) == 1
         finally:
             clients.close()

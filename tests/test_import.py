@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from bson import ObjectId
@@ -305,6 +306,9 @@ async def test_the_same_file_imported_twice_creates_each_todo_once(api, services
 
 
 # -- (d) a redelivered import ---------------------------------------------------------------------
+FIRST_TRY = SimpleNamespace(request=SimpleNamespace(retries=0), max_retries=5)  # a Celery task
+
+
 @pytest.fixture
 def worker_clients(settings) -> Iterator[tasks.WorkerClients]:
     clients = tasks.WorkerClients(settings)
@@ -331,7 +335,8 @@ async def test_an_import_run_again_from_any_point_imports_each_row_once(
         if done >= 2 * imports.BATCH:
             raise WorkerDied
 
-    job = await asyncio.to_thread(jobs.mark_running, worker_clients.db["jobs"], job_id)
+    records = worker_clients.db["jobs"]
+    job = await asyncio.to_thread(jobs.mark_running, records, job_id, attempt=ObjectId())
     with pytest.raises(WorkerDied):
         await asyncio.to_thread(
             imports.run, worker_clients.db, job, upload_id=job[jobs.IMPORT_FILE],
@@ -340,7 +345,13 @@ async def test_an_import_run_again_from_any_point_imports_each_row_once(
     owner = await user_id(services, "alice")
     assert await services.db["todos"].count_documents({"owner": owner}) == 2 * imports.BATCH
 
-    result = await asyncio.to_thread(tasks.import_todos, worker_clients, job_id=job_id)
+    # Its lease runs out; the sweeper queues it again, and a worker takes it.
+    await services.db["jobs"].update_one(
+        {"_id": job_id}, {"$set": {"lease_until": jobs.utc_now() - timedelta(seconds=1)}})
+    requeued = await asyncio.to_thread(jobs.requeue_interrupted, records)
+    assert (requeued["_id"], requeued["status"]) == (job_id, jobs.QUEUED)
+    result = await asyncio.to_thread(tasks.run_job, FIRST_TRY, worker_clients, str(job_id),
+                                     tasks.import_todos)
     assert result == {"imported": count, "duplicates": 0, "rejected": 0, "errors": []}
     contents = await services.db["todos"].distinct("content", {"owner": owner})
     assert await services.db["todos"].count_documents({"owner": owner}) == count
@@ -351,7 +362,8 @@ async def test_an_import_run_again_from_any_point_imports_each_row_once(
     assert [t["content"] for t in listed] == ["todo 0", "todo 1", "todo 2"]
 
     # Delivered once more after it finished: nothing happens, and the upload goes.
-    assert await asyncio.to_thread(tasks.import_todos, worker_clients, job_id=job_id) == {}
+    assert await asyncio.to_thread(tasks.run_job, FIRST_TRY, worker_clients, str(job_id),
+                                   tasks.import_todos) == {}
     assert await stored_uploads(services) != (0, 0)
     await asyncio.to_thread(tasks.drop_finished_upload, worker_clients, str(job_id))
     assert await stored_uploads(services) == (0, 0)
@@ -670,11 +682,29 @@ async def test_a_damaged_upload_fails_the_job(api, services, worker_clients):
     queued = await start_import(api, token, csv_file([["a", "false"]]))
     await services.db["jobs"].update_one({"_id": ObjectId(queued["id"])},
                                          {"$set": {"params.sha256": "0" * 64}})
-    result = await asyncio.to_thread(tasks.import_todos, worker_clients,
-                                     job_id=ObjectId(queued["id"]))
+    result = await asyncio.to_thread(tasks.run_job, FIRST_TRY, worker_clients, queued["id"],
+                                     tasks.import_todos)
     assert result["error"].startswith("the uploaded file is damaged")
     failed = (await api.get(f"/jobs/{queued['id']}", token=token)).json
     assert (failed["status"], failed["result"]) == (jobs.FAILED, None)
     assert await services.db["todos"].count_documents({}) == 0
     await asyncio.to_thread(tasks.drop_finished_upload, worker_clients, queued["id"])
+    assert await stored_uploads(services) == (0, 0)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_import_the_sweeper_gives_up_keeps_no_upload(api, services, worker_clients):
+    """Its worker died once too often: the job fails, and no attempt will read the file."""
+    from server import sweeper
+
+    token = await api.register("alice")
+    queued = await start_import(api, token, csv_file([["a", "false"]]))
+    await services.db["jobs"].update_one({"_id": ObjectId(queued["id"])}, {"$set": {
+        "status": jobs.RUNNING, "attempt": ObjectId(),
+        "lease_until": jobs.utc_now() - timedelta(seconds=1),
+        "interruptions": jobs.MAX_INTERRUPTIONS - 1,
+    }})
+    assert await stored_uploads(services) != (0, 0)
+    claimed = await asyncio.to_thread(sweeper.sweep, None, worker_clients.db["jobs"])
+    assert [(str(j["_id"]), j["status"]) for j in claimed] == [(queued["id"], jobs.FAILED)]
     assert await stored_uploads(services) == (0, 0)

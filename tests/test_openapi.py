@@ -12,11 +12,11 @@ from openapi_spec_validator import validate
 from tornado.routing import PathMatches
 from tornado.web import Application, RequestHandler
 
-from handlers import accounts, health, jobs, metrics, todos
+from handlers import accounts, health, jobs, metrics, todos, ws
 from handlers.base import APIHandler
 from server.app import OPENAPI_FILE
 
-HANDLER_MODULES = (todos, jobs, accounts, health, metrics)
+HANDLER_MODULES = (todos, jobs, accounts, health, metrics, ws)
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 NAMED_GROUP = re.compile(r"\(\?P<(\w+)>[^()]*\)")
 

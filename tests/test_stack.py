@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from scripts import stack
 from scripts.local_services import alive, free_port
@@ -41,7 +43,8 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackConfig]
     config = stack.StackConfig(
         var=str(tmp_path_factory.mktemp("stack") / "var"), instances=2,
         base_port=consecutive_free_ports(2), http_port=free_port(), https_port=free_port(),
-        mongo_port=free_port(), redis_port=free_port(), db_name="todo_stack_test",
+        mongo_port=free_port(), redis_port=free_port(), broker_port=free_port(),
+        db_name="todo_stack_test",
         rate_limit=20, rate_limit_burst=20,
     )
     stack.up(config)
@@ -319,6 +322,97 @@ async def test_a_purge_job_runs_on_the_supervised_worker(cfg, api):
     assert [t["id"] for t in listed.json["data"]] == [kept.json["id"]]
 
 
+async def wait_for_jobs(api, token, job_ids, *, seconds=120.0):
+    """Every job's final record (polling as a client would)."""
+    deadline = time.monotonic() + seconds
+    final: dict[str, dict] = {}
+    while len(final) < len(job_ids):
+        for job_id in set(job_ids) - set(final):
+            job = (await api.get(f"/jobs/{job_id}", token=token)).json
+            if job["status"] in ("done", "failed"):
+                final[job_id] = job
+        assert time.monotonic() < deadline, f"{len(job_ids) - len(final)} jobs never finished"
+        await asyncio.sleep(0.2)
+    return final
+
+
+def program_pid(cfg: stack.StackConfig, program: str) -> int:
+    return int(stack.Supervisor(cfg).ctl("pid", program).strip())
+
+
+@pytest.mark.gen_test(timeout=240)
+async def test_queued_jobs_survive_a_kill_9_of_the_queues_redis(cfg, api):
+    """Jobs acknowledged with 202 while no worker runs, then the queue's Redis dies without a
+    chance to save anything: once it is back (supervisor) and a worker starts, all run."""
+    supervisor = stack.Supervisor(cfg)
+    token = await api.register("queue_crash")
+    await asyncio.to_thread(supervisor.ctl, "stop", "celery")
+    try:
+        queued = []
+        for _ in range(20):
+            reply = await api.post("/jobs", token=token,
+                                   json_body={"type": "purge", "older_than_days": 1})
+            assert reply.status == 202, reply.json
+            queued.append(reply.json["id"])
+        await kill_the_queues_redis(cfg)
+        with redis.Redis.from_url(cfg.broker_url) as broker:
+            assert broker.llen("celery") == len(queued)
+    finally:
+        await asyncio.to_thread(supervisor.ctl, "start", "celery")
+    final = await wait_for_jobs(api, token, queued)
+    assert {job["status"] for job in final.values()} == {"done"}, final
+
+    # Killed again under a running worker: the instances and the worker reconnect by
+    # themselves, and the next job is accepted and run.
+    await kill_the_queues_redis(cfg)
+    reply = await api.post("/jobs", token=token, json_body={"type": "purge", "older_than_days": 1})
+    assert reply.status == 202, reply.json
+    final = await wait_for_jobs(api, token, [reply.json["id"]])
+    assert final[reply.json["id"]]["status"] == "done"
+
+
+async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
+    """kill -9 the job queue's Redis; returns once supervisor has it answering again."""
+    old_pid = program_pid(cfg, "broker")
+    os.kill(old_pid, signal.SIGKILL)
+    with redis.Redis.from_url(cfg.broker_url, socket_timeout=1) as broker:
+        for _ in range(300):
+            try:
+                if program_pid(cfg, "broker") not in (0, old_pid) and broker.ping():
+                    return
+            except (redis.ConnectionError, ValueError, stack.StackError):
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the queue's Redis did not come back")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_browser_websocket_through_nginx_hears_a_todo_created_on_any_instance(cfg, api):
+    token = await api.register("listener")
+    messages: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+    origin = f"http://127.0.0.1:{cfg.http_port}"  # as a page served by this host would send
+    conn = await websocket_connect(
+        HTTPRequest(f"ws://127.0.0.1:{cfg.http_port}/ws?access_token={token}",
+                    headers={"Origin": origin}),
+        on_message_callback=messages.put_nowait,
+    )
+    try:
+        assert json.loads(await asyncio.wait_for(messages.get(), 30))["type"] == "hello"
+        created = await api.post("/todo", token=token, json_body={"content": "heard"})
+        heard = json.loads(await asyncio.wait_for(messages.get(), 30))
+        assert (heard["type"], heard["action"], heard["todo"]) == ("todo", "created",
+                                                                   created.json)
+    finally:
+        conn.close()
+    access_log = cfg.path("log", "nginx-access.log")
+    for _ in range(100):  # nginx flushes its buffered access log every second
+        if '"uri":"/ws"' in access_log.read_text():
+            break
+        await asyncio.sleep(0.1)
+    assert '"uri":"/ws"' in access_log.read_text()
+    assert token not in access_log.read_text()
+
+
 def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
     from server.celery_app import load_celery_config
 
@@ -332,7 +426,7 @@ def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
     assert settings["stopsignal"] == "TERM"
     assert int(settings["stopwaitsecs"]) > celery.LONGEST_JOB_SECONDS
     assert celery.broker_transport_options["visibility_timeout"] > celery.LONGEST_JOB_SECONDS
-    assert f"TODO_BROKER_URL=\"redis://127.0.0.1:{cfg.redis_port}/1\"" in settings["environment"]
+    assert f"TODO_BROKER_URL=\"redis://127.0.0.1:{cfg.broker_port}/0\"" in settings["environment"]
     status = stack.Supervisor(cfg).ctl("status", "celery")
     assert "RUNNING" in status, status
     assert "ready." in cfg.path("log", "celery.log").read_text()
@@ -348,7 +442,7 @@ def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
         other = stack.StackConfig(var=str(Path(cfg.var).parent / "other"), instances=1,
                                   http_port=port, https_port=free_port(),
                                   base_port=free_port(), mongo_port=free_port(),
-                                  redis_port=free_port())
+                                  redis_port=free_port(), broker_port=free_port())
         taken_message = f"port {port} \\(nginx HTTP\\) is already in use"
         with pytest.raises(stack.StackError, match=taken_message):
             stack.up(other)
@@ -356,8 +450,10 @@ def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
 
 def test_zz_down_leaves_no_process_of_the_stack(cfg):
     pids = stack.Supervisor(cfg).all_pids()
-    assert len(pids) == 7  # mongod, nginx, redis, two instances, celery, supervisord
+    # mongod, nginx, redis, the queue's redis, two instances, celery, supervisord
+    assert len(pids) == 8
     stack.down(cfg)
     assert [pid for pid in pids if alive(pid)] == []
-    for port in [cfg.http_port, cfg.https_port, *cfg.ports, cfg.mongo_port, cfg.redis_port]:
+    for port in [cfg.http_port, cfg.https_port, *cfg.ports, cfg.mongo_port, cfg.redis_port,
+                 cfg.broker_port]:
         assert not stack.port_in_use(port)
