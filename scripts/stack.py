@@ -186,8 +186,8 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         for port in cfg.ports
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
-    shared = {"rate_limit_burst": cfg.rate_limit_burst,
-              "upstream_tries": max(2, min(cfg.instances, 3))}
+    shared: dict[str, object] = {"rate_limit_burst": cfg.rate_limit_burst,
+                                 "upstream_tries": max(2, min(cfg.instances, 3))}
     # Without the snippet's own two comment lines.
     proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
     return render("nginx.conf.in", {
