@@ -40,11 +40,12 @@ QUEUE_UNAVAILABLE = "job queue unavailable, try again shortly"
 NOT_AN_EXPORT = "this job is not an export or an import: it has no file to download"
 NOT_DONE = "the job is not done yet; follow it until its status is done"
 NO_REPORT = "this import rejected no row: it has no error report to download"
-# A finished export's file is kept this long, then deleted by the sweeper (the record stays).
-EXPORT_KEEP_DAYS = 7
+# A finished job's file (an export, an import's report) is kept this long, then deleted by
+# the sweeper; the record stays.
+FILE_KEEP_DAYS = 7
 EXPIRED = (
-    f"the export's file was deleted {EXPORT_KEEP_DAYS} days after it was made; "
-    "start a new export"
+    f"the job's file was deleted {FILE_KEEP_DAYS} days after it was made; "
+    "start a new job to get another"
 )
 # Private: the GridFS file (bucket `exports`) the current attempt writes to: an export's file
 # (see tasks.export), an import's report of rejected rows (see tasks.import_todos).
@@ -105,13 +106,14 @@ def public_job(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def has_file(doc: dict[str, Any]) -> bool:
+    """Whether a finished job made a file: every export, an import that rejected rows."""
+    return doc["type"] == "export" or (doc["type"] == "import" and bool(doc["result"]["rejected"]))
+
+
 def result_url(doc: dict[str, Any]) -> str | None:
-    """Where a finished export (until it expires), or a finished import's report of rejected
-    rows, is downloaded; None for every other job."""
-    if doc["status"] == DONE and (
-        (doc["type"] == "export" and not doc["result"].get("expired"))
-        or (doc["type"] == "import" and doc["result"]["rejected"])
-    ):
+    """Where a finished job's file is downloaded until it expires; None for other jobs."""
+    if doc["status"] == DONE and has_file(doc) and not doc["result"].get("expired"):
         return f"/jobs/{doc['_id']}/result"
     return None
 
@@ -165,14 +167,14 @@ class JobStore:
             raise Conflict(NOT_AN_EXPORT)
         if doc["status"] != DONE:
             raise Conflict(NOT_DONE)
+        if not has_file(doc):
+            raise Conflict(NO_REPORT)
+        if doc["result"].get("expired"):
+            raise Gone(EXPIRED)
         if doc["type"] == "import":
-            if not doc["result"]["rejected"]:
-                raise Conflict(NO_REPORT)
             return await exports.open_report(
                 self.collection.database, file_id=doc[EXPORT_FILE], job_id=job_id
             )
-        if doc["result"].get("expired"):
-            raise Gone(EXPIRED)
         return await exports.open_export(
             self.collection.database, file_id=ObjectId(doc["result"]["file_id"]), job_id=job_id,
             fmt=doc["result"]["format"],
@@ -296,13 +298,14 @@ def mark_failed(jobs: Collection[dict[str, Any]], job_id: ObjectId, *, error: st
     ), notify)
 
 
-def expire_export(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
-    """Claim one export finished more than EXPORT_KEEP_DAYS ago whose file is still kept: it
-    is marked expired (no more downloads start) and returned, for the caller to delete the
-    file."""
+def expire_file(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """Claim one finished job whose file (an export, an import's report) is older than
+    FILE_KEEP_DAYS and still kept: it is marked expired (no more downloads start) and
+    returned, for the caller to delete the file (its id is the record's EXPORT_FILE)."""
     now = utc_now()
     return jobs.find_one_and_update(
-        {"type": "export", "status": DONE, "result.expired": {"$ne": True},
-         "finished_at": {"$lt": now - timedelta(days=EXPORT_KEEP_DAYS)}},
+        {"status": DONE, "finished_at": {"$lt": now - timedelta(days=FILE_KEEP_DAYS)},
+         "result.expired": {"$ne": True},
+         "$or": [{"type": "export"}, {"type": "import", "result.rejected": {"$gt": 0}}]},
         {"$set": {"result.expired": True, "updated_at": now}},
     )

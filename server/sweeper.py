@@ -15,7 +15,6 @@ import logging
 import threading
 from typing import Any
 
-from bson import ObjectId
 from celery import Celery, signals
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
@@ -59,14 +58,14 @@ def sweep(app: Celery, records: Collection[dict[str, Any]], *,
     return claimed
 
 
-def expire_exports(records: Collection[dict[str, Any]]) -> int:
-    """Delete the files of exports past their keeping time; how many."""
+def expire_files(records: Collection[dict[str, Any]]) -> int:
+    """Delete the files of finished jobs past their keeping time; how many."""
     expired = 0
     for _ in range(MAX_CLAIMS):
-        job = jobs.expire_export(records)
+        job = jobs.expire_file(records)
         if job is None:
             break
-        exports.discard(records.database, ObjectId(job["result"]["file_id"]))
+        exports.discard(records.database, job[jobs.EXPORT_FILE])
         expired += 1
     return expired
 
@@ -84,7 +83,7 @@ class Sweeper:
         while True:
             try:
                 sweep(self.app, self.clients.db["jobs"], notify=self.clients.job_changed)
-                expire_exports(self.clients.db["jobs"])
+                expire_files(self.clients.db["jobs"])
             except PyMongoError as exc:
                 log.warning("sweep skipped, MongoDB unavailable: %s", exc)
             if self._stop.wait(self.every):

@@ -166,12 +166,12 @@ async def test_an_export_file_is_deleted_after_its_keeping_time_and_then_gone(
     assert (fresh["status"], old["status"]) == (jobs.DONE, jobs.DONE), worker.log()
     await services.db["jobs"].update_one(
         {"_id": ObjectId(old["id"])},
-        {"$set": {"finished_at": jobs.utc_now() - timedelta(days=jobs.EXPORT_KEEP_DAYS, hours=1)}},
+        {"$set": {"finished_at": jobs.utc_now() - timedelta(days=jobs.FILE_KEEP_DAYS, hours=1)}},
     )
     with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
         records = mongo[services.settings.db_name]["jobs"]
-        assert sweeper.expire_exports(records) == 1
-        assert sweeper.expire_exports(records) == 0
+        assert sweeper.expire_files(records) == 1
+        assert sweeper.expire_files(records) == 0
     expired = (await api.get(f"/jobs/{old['id']}", token=token)).json
     assert expired["result_url"] is None
     assert expired["result"]["expired"] is True

@@ -16,7 +16,7 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import imports, jobs, tasks, uploads, validation
+from server import imports, jobs, sweeper, tasks, uploads, validation
 from server.settings import PROJECT_ROOT
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
@@ -275,6 +275,33 @@ async def test_more_errors_than_listed_are_all_in_the_report(api, worker):
     report = (await api.get(done["result_url"], token=token)).body.decode().splitlines()
     assert len(report) == 1 + imports.MAX_LISTED_ERRORS + 5
     assert report[-1] == f"{len(rows)},{len(rows) + 1},content must not be empty"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_report_is_deleted_after_its_keeping_time_and_then_gone(api, services, worker):
+    token = await api.register("alice")
+    worker.start()
+    done = await wait_for_job(api, token, (await start_import(
+        api, token, csv_file([["kept", "false"], ["", "false"]])))["id"])
+    clean = await wait_for_job(api, token, (await start_import(
+        api, token, csv_file([["no errors", "false"]])))["id"])
+    assert (done["result"]["rejected"], clean["result"]["rejected"]) == (1, 0), worker.log()
+    record = await services.db["jobs"].find_one({"_id": ObjectId(done["id"])})
+    report_id = record[jobs.EXPORT_FILE]
+    assert await services.db["exports.files"].count_documents({"_id": report_id}) == 1
+    long_ago = jobs.utc_now() - timedelta(days=jobs.FILE_KEEP_DAYS, hours=1)
+    await services.db["jobs"].update_many({}, {"$set": {"finished_at": long_ago}})
+    with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
+        assert sweeper.expire_files(mongo[services.settings.db_name]["jobs"]) == 1
+    expired = (await api.get(f"/jobs/{done['id']}", token=token)).json
+    assert (expired["result_url"], expired["result"]["expired"]) == (None, True)
+    assert error_of(await api.get(done["result_url"], token=token)) == (410, jobs.EXPIRED)
+    assert await services.db["exports.files"].count_documents({"_id": report_id}) == 0
+    assert await services.db["exports.chunks"].count_documents({"files_id": report_id}) == 0
+    # The todos it imported stay.
+    assert [t["content"] for t in (await api.get("/todo", token=token)).json["data"]] == [
+        "no errors", "kept"
+    ]
 
 
 # -- (c) the same file twice ------------------------------------------------------------------
