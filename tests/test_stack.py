@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from bson import ObjectId
 from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
@@ -27,7 +28,7 @@ from scripts import stack
 from scripts.local_services import alive, free_port
 from tests.conftest import Api, error_of
 from tests.stack_load import Load
-from tests.test_import import MULTIPART, form
+from tests.test_import import MULTIPART, csv_file, form
 
 
 def consecutive_free_ports(count: int) -> int:
@@ -369,6 +370,44 @@ async def test_queued_jobs_survive_a_kill_9_of_the_queues_redis(cfg, api):
     assert reply.status == 202, reply.json
     final = await wait_for_jobs(api, token, [reply.json["id"]])
     assert final[reply.json["id"]]["status"] == "done"
+
+
+@pytest.mark.gen_test(timeout=300)
+async def test_a_worker_killed_mid_import_finishes_it_once_supervisor_restarts_it(cfg, api):
+    """kill -9 the worker while it inserts a 100,000-row import: supervisor starts a new one,
+    whose sweeper finds the job's lease run out and queues it again; the second attempt skips
+    the rows the first one inserted. Every row ends up imported exactly once."""
+    token = await api.register("import_crash")
+    count = 100_000
+    data = csv_file([[f"row {i}", "false"] for i in range(count)])
+    reply = await api.post("/jobs", token=token, body=form(data), headers=MULTIPART,
+                           request_timeout=120)
+    assert reply.status == 202, reply.json
+    job_id = reply.json["id"]
+    for _ in range(3000):
+        job = (await api.get(f"/jobs/{job_id}", token=token)).json
+        if job["status"] == "running" and count // 4 <= job["progress"]["done"] < count:
+            break
+        assert job["status"] in ("queued", "running"), job
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"the import was never seen half-way: {job}")
+    old_pid = program_pid(cfg, "celery")
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at, killed_progress = time.monotonic(), job["progress"]["done"]
+
+    final = (await wait_for_jobs(api, token, [job_id], seconds=240))[job_id]
+    assert final["status"] == "done", final
+    assert program_pid(cfg, "celery") not in (0, old_pid)
+    assert final["result"] == {"imported": count, "duplicates": 0, "rejected": 0, "errors": []}
+    with MongoClient(cfg.mongo_uri) as client:
+        db = client[cfg.db_name]
+        owner = db["users"].find_one({"username": "import_crash"})["_id"]
+        assert db["todos"].count_documents({"owner": owner}) == count
+        assert len(db["todos"].distinct("content", {"owner": owner})) == count
+        assert db["jobs"].find_one({"_id": ObjectId(job_id)})["interruptions"] == 1
+    print(f"\nkilled at {killed_progress:,} of {count:,} rows; done "
+          f"{time.monotonic() - killed_at:.1f}s after the kill")
 
 
 async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
