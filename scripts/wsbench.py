@@ -83,16 +83,23 @@ class Listener:
 
 
 async def user_run(http: AsyncHTTPClient, base: str, token: str, listener: Listener,
-                   todos: int) -> list[float | None]:
-    sent: dict[str, float] = {}
+                   todos: int) -> list[tuple[float, float, float | None]]:
+    """(POST started, POST answered, message heard or None) for each of the user's todos."""
+    sent: dict[str, tuple[float, float]] = {}
     for i in range(todos):
         started = time.perf_counter()
         created = await call(http, "POST", f"{base}/todo", {"content": f"ws bench {i}"}, token)
-        sent[created["id"]] = started
+        sent[created["id"]] = (started, time.perf_counter())
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(30):
             await listener.heard_all(list(sent))
-    return [listener.heard[i] - t if i in listener.heard else None for i, t in sent.items()]
+    return [(started, answered, listener.heard.get(todo_id))
+            for todo_id, (started, answered) in sent.items()]
+
+
+def summary(values_ms: list[float]) -> str:
+    return (f"p50 {statistics.median(values_ms):.1f} ms, p90 {percentile(values_ms, 0.9):.1f} ms,"
+            f" p99 {percentile(values_ms, 0.99):.1f} ms, max {max(values_ms):.1f} ms")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -115,15 +122,19 @@ async def bench(base: str, users: int, todos: int) -> None:
         for lis, tok in zip(listeners, tokens, strict=True)
     ))
     elapsed = time.perf_counter() - started
-    latencies = [lat * 1000 for run in results for lat in run if lat is not None]
-    missed = sum(lat is None for run in results for lat in run)
+    timings = [timing for run in results for timing in run]
+    heard = [(started, answered, at) for started, answered, at in timings if at is not None]
     total = users * todos
     print(f"{total} todos created by {users} users in {elapsed:.2f}s "
-          f"({total / elapsed:.0f} writes/s, each heard on its owner's socket)")
-    print(f"delivery latency (POST start -> 'created' on the socket): "
-          f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 0.9):.1f} ms, "
-          f"p99 {percentile(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms; "
-          f"missed {missed}")
+          f"({total / elapsed:.0f} writes/s); heard on the owner's socket: {len(heard)}, "
+          f"missed: {total - len(heard)}")
+    print("POST start -> 'created' on the socket:  "
+          + summary([(at - started) * 1000 for started, _, at in heard]))
+    print("POST start -> its 201 answer:           "
+          + summary([(answered - started) * 1000 for started, answered, _ in timings]))
+    # Negative when the message beat the HTTP answer back to the client.
+    print("201 answer -> 'created' on the socket:  "
+          + summary([(at - answered) * 1000 for _, answered, at in heard]))
     for listener in listeners:
         if listener.conn is not None:
             listener.conn.close()
