@@ -1,4 +1,5 @@
-"""The sweeper: jobs whose worker died are queued again, and lost messages published again.
+"""The sweeper: jobs whose worker died are queued again, lost messages published again, and
+files nobody will read any more (expired results, abandoned uploads) deleted.
 
 It runs in every worker's main process, on a thread, from the moment the worker is ready until
 it shuts down. Claims are atomic in MongoDB, so several workers sweeping at once publish each
@@ -13,19 +14,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 from typing import Any
 
+from bson import ObjectId
 from celery import Celery, signals
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from server import celery_app, exports, imports, jobs
+from server import celery_app, exports, imports, jobs, uploads
 from server.settings import Settings
 from server.tasks import WorkerClients
+from server.todos import utc_now
 
 log = logging.getLogger("todo.sweeper")
 
 SWEEP_SECONDS = 10.0
+# An upload cut short by its instance dying leaves chunks in GridFS and no job. Those older
+# than this (far past the longest an upload may take) and read by no waiting or running job
+# are deleted.
+ABANDONED_UPLOAD_SECONDS = 86400
 # Per sweep and kind: a backlog is worked through over several sweeps, never all at once.
 MAX_CLAIMS = 100
 
@@ -70,6 +79,22 @@ def expire_files(records: Collection[dict[str, Any]]) -> int:
     return expired
 
 
+def drop_abandoned_uploads(db: Database[dict[str, Any]]) -> int:
+    """Delete uploads no job will read: abandoned mid-way, or left by a job that finished
+    while MongoDB was failing; how many. A file's id tells when its upload started."""
+    cutoff = ObjectId.from_datetime(utc_now() - timedelta(seconds=ABANDONED_UPLOAD_SECONDS))
+    old = db[f"{uploads.BUCKET}.chunks"].distinct("files_id", {"files_id": {"$lt": cutoff}})
+    dropped = 0
+    for file_id in old[:MAX_CLAIMS]:
+        reader = db["jobs"].find_one(
+            {jobs.IMPORT_FILE: file_id, "status": {"$in": [jobs.QUEUED, jobs.RUNNING]}}
+        )
+        if reader is None:
+            imports.discard_upload(db, file_id)
+            dropped += 1
+    return dropped
+
+
 class Sweeper:
     """Sweeps every `every` seconds on a daemon thread, between start() and stop()."""
 
@@ -84,6 +109,7 @@ class Sweeper:
             try:
                 sweep(self.app, self.clients.db["jobs"], notify=self.clients.job_changed)
                 expire_files(self.clients.db["jobs"])
+                drop_abandoned_uploads(self.clients.db)
             except PyMongoError as exc:
                 log.warning("sweep skipped, MongoDB unavailable: %s", exc)
             if self._stop.wait(self.every):

@@ -3,6 +3,7 @@ broker's hour-long visibility timeout; a job that keeps dying is given up."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -125,3 +126,31 @@ def test_the_sweepers_queries_use_an_index(settings, records):
                   {"type": "export", "status": jobs.DONE, "finished_at": {"$lt": now}}):
         plan = records.find(query).explain()["queryPlanner"]["winningPlan"]
         assert "IXSCAN" in str(plan), (query, plan)
+
+
+def test_uploads_no_job_will_read_are_deleted_once_old(settings, records):
+    db = records.database
+    day_old = ObjectId.from_datetime(
+        jobs.utc_now() - timedelta(seconds=sweeper.ABANDONED_UPLOAD_SECONDS + 60)
+    )
+
+    def upload(started: ObjectId) -> ObjectId:
+        # A file id made when `started` was: its time, then bytes of its own.
+        file_id = ObjectId(started.binary[:4] + os.urandom(8))
+        db["imports.chunks"].insert_many(
+            [{"files_id": file_id, "n": n, "data": b"content\n"} for n in range(2)]
+        )
+        return file_id
+
+    upload(day_old)              # its instance died mid-upload: no job
+    finished = upload(day_old)   # its job finished but could not delete it
+    waiting = upload(day_old)    # a job still queued (no worker for a day) will read it
+    fresh = upload(ObjectId())   # perhaps still arriving
+    for file_id, status in ((finished, jobs.DONE), (waiting, jobs.QUEUED)):
+        doc = jobs.new_job(ObjectId(), "import", {})
+        doc.update(status=status, **{jobs.IMPORT_FILE: file_id})
+        records.insert_one(doc)
+
+    assert sweeper.drop_abandoned_uploads(db) == 2
+    left = set(db["imports.chunks"].distinct("files_id"))
+    assert left == {waiting, fresh}  # not abandoned, not finished
