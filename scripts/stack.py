@@ -279,9 +279,9 @@ class Supervisor:
     def ctl_command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args]
 
-    def ctl(self, *args: str, check: bool = True) -> str:
+    def ctl(self, *args: str, check: bool = True, timeout: float = 120.0) -> str:
         result = subprocess.run(self.ctl_command(*args), capture_output=True, text=True,
-                                timeout=120, check=False)
+                                timeout=timeout, check=False)
         # supervisorctl exits non-zero when any program is not RUNNING, even for `status`.
         if check and result.returncode != 0 and args[0] != "status":
             raise StackError(f"supervisorctl {' '.join(args)}: {result.stdout}{result.stderr}")
@@ -420,7 +420,8 @@ def down(cfg: StackConfig, timeout: float | None = None) -> None:
 
 def rolling_restart(cfg: StackConfig, timeout: float = 60.0) -> None:
     """Restart the instances one at a time; nginx sends nothing to the one restarting, and the
-    next one goes only after the previous one answers /readyz again."""
+    next one goes only after the previous one answers /readyz again. Then the worker, warm:
+    it finishes its running jobs first, while new ones wait in the queue."""
     supervisor = Supervisor(cfg)
     if supervisor.pid() is None:
         raise StackError("the stack is not running")
@@ -430,6 +431,10 @@ def rolling_restart(cfg: StackConfig, timeout: float = 60.0) -> None:
         wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout)
         supervisor.reload_nginx()
         print(f"todo_{port} restarted and ready")
+    print("celery: restarting once its running jobs are done ...", flush=True)
+    supervisor.ctl("restart", "celery",
+                   timeout=load_celery_config().LONGEST_JOB_SECONDS + 120.0)
+    print("celery restarted")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -458,7 +463,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated client addresses never rate limited")
     commands.add_parser("down", help="stop every process of the stack")
     commands.add_parser("status", help="supervisorctl status and the URLs")
-    commands.add_parser("restart", help="rolling restart of the instances, no dropped request")
+    commands.add_parser("restart", help="rolling restart of the instances (no dropped request), "
+                                        "then of the worker (warm)")
     ctl = commands.add_parser("ctl", help="run supervisorctl against the stack's config")
     ctl.add_argument("args", nargs=argparse.REMAINDER)
     return parser

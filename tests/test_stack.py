@@ -254,9 +254,15 @@ async def test_a_rolling_restart_under_load_fails_no_request(cfg, api):
     token = await api.register("rolling")
     load = Load(api, token)
     old_pids = [instance_pid(cfg, port) for port in cfg.ports]
+    old_worker = program_pid(cfg, "celery")
+    worker_log = cfg.path("log", "celery.log")
+    warm_shutdowns = worker_log.read_text().count("worker: Warm shutdown")
     running = asyncio.ensure_future(load.run(seconds=60, until_stopped=True))
     await asyncio.sleep(2)
     await asyncio.to_thread(stack.rolling_restart, cfg)
+    # The worker too (new code), after a warm shutdown: its log says so.
+    assert program_pid(cfg, "celery") not in (0, old_worker)
+    assert worker_log.read_text().count("worker: Warm shutdown") == warm_shutdowns + 1
     await asyncio.sleep(2)
     load.stop()
     await running
