@@ -28,9 +28,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
 from server import celery_app, exports
+from server.clock import isoformat, utc_now
 from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
 from server.notifications import Publisher
-from server.todos import isoformat, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 RECENT_JOBS = 20

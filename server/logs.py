@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from tornado.web import RequestHandler
 
+from server.clock import isoformat
 from server.tokens import Principal
 
 access_log = logging.getLogger("todo.access")
@@ -51,9 +52,7 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": isoformat(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

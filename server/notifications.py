@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -35,6 +34,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from server.clock import isoformat, utc_now
 from server.redis_guard import REDIS_FAILURES, RedisGuard, done
 from server.tokens import Principal
 
@@ -52,12 +52,8 @@ def channel(prefix: str, user_id: ObjectId | str) -> str:
     return f"{prefix}events:{user_id}"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def message(kind: str, **fields: Any) -> dict[str, Any]:
-    return {"type": kind, **fields, "at": _now()}
+    return {"type": kind, **fields, "at": isoformat(utc_now())}
 
 
 def encode(event: dict[str, Any]) -> str:

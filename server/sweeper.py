@@ -24,9 +24,9 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from server import celery_app, exports, imports, jobs, uploads
+from server.clock import utc_now
 from server.settings import Settings
 from server.tasks import WorkerClients
-from server.todos import utc_now
 
 log = logging.getLogger("todo.sweeper")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from server.cache import PageCache
+from server.clock import isoformat, utc_now
 from server.errors import Conflict, NotFound, UnprocessableContent
 from server.notifications import CREATED, FINISHED, UPDATED, Publisher
 from server.paging import encode_cursor
@@ -31,18 +32,6 @@ IDEMPOTENCY_HASH = "idempotency_hash"
 PUBLIC_FIELDS = {"owner": False, IDEMPOTENCY_KEY: False, IDEMPOTENCY_HASH: False}
 # Each extra attempt needs the todo holding the key to be deleted between our insert and read.
 CREATE_ATTEMPTS = 3
-
-
-def utc_now() -> datetime:
-    """Now, truncated to the millisecond that MongoDB stores, so what we return is what we read."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def public_todo(doc: dict[str, Any]) -> dict[str, Any]:

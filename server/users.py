@@ -8,9 +8,9 @@ from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.clock import utc_now
 from server.errors import Conflict, Unauthorized
 from server.passwords import hash_password, verify_password
-from server.todos import utc_now
 
 BAD_CREDENTIALS = "invalid username or password"
 
