@@ -112,6 +112,26 @@ def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
         pipe.execute()
 
 
+def bulk_change(clients: WorkerClients, owner: ObjectId, action: str, count: int) -> None:
+    """Many of the owner's todos changed (a purge, an import): the cached first page goes, then
+    the owner's sockets hear of it. Before the job shows as done: a client that sees "done"
+    must not read a stale page."""
+    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
+    if count:
+        clients.events.todos_changed(owner, action, count)
+
+
+def new_result_file(clients: WorkerClients, job: dict[str, Any]) -> ObjectId:
+    """The id of the file this attempt writes (an export, an import's report), on the record
+    before its first chunk is written. A redelivery deletes the file of the attempt before (or
+    the chunks of an upload it never closed), so a job never has two results."""
+    if job.get(jobs.EXPORT_FILE) is not None:
+        exports.discard(clients.db, job[jobs.EXPORT_FILE])
+    file_id = ObjectId()
+    jobs.set_export_file(clients.db["jobs"], job["_id"], file_id)
+    return file_id
+
+
 class LeaseKeeper:
     """Renews a running attempt's lease from a thread while the job runs, so that a job that
     is busy (one long MongoDB call, say) is never taken for the job of a dead worker."""
@@ -149,10 +169,7 @@ def purge(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     notify = clients.job_changed
     jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed), notify=notify)
     deleted = todos.delete_many(doomed).deleted_count
-    # Before the job shows as done: a client that sees "done" must not read a stale page.
-    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
-    if deleted:
-        clients.events.todos_changed(owner, notifications.PURGED, deleted)
+    bulk_change(clients, owner, notifications.PURGED, deleted)
     jobs.set_progress(records, job_id, done=deleted, total=deleted, notify=notify)
     result = {"deleted": deleted}
     jobs.mark_done(records, job_id, result=result, notify=notify)
@@ -164,13 +181,7 @@ def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Write the owner's todos, newest first, to a GridFS file in the job's format."""
     records, job_id = clients.db["jobs"], job["_id"]
     owner, fmt = job["owner"], job["params"]["format"]
-    # A redelivery: the attempt before died half-way. Its file (or the chunks of an upload it
-    # never closed) goes before a new one is started, so a job never has two results.
-    if job.get(jobs.EXPORT_FILE) is not None:
-        exports.discard(clients.db, job[jobs.EXPORT_FILE])
-    # The file's id is on the record before its first chunk is written.
-    file_id = ObjectId()
-    jobs.set_export_file(records, job_id, file_id)
+    file_id = new_result_file(clients, job)
     total = clients.db["todos"].count_documents({"owner": owner})
     notify = clients.job_changed
     jobs.set_progress(records, job_id, done=0, total=total, notify=notify)
@@ -190,11 +201,7 @@ def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
 def import_todos(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     """Import the job's uploaded file: every good row once, the rejected ones reported."""
     records, job_id = clients.db["jobs"], job["_id"]
-    # A redelivery: the report of the attempt before goes, as an export's file does.
-    if job.get(jobs.EXPORT_FILE) is not None:
-        exports.discard(clients.db, job[jobs.EXPORT_FILE])
-    report_id = ObjectId()
-    jobs.set_export_file(records, job_id, report_id)
+    report_id = new_result_file(clients, job)
     notify = clients.job_changed
     try:
         result = imports.run(
@@ -208,10 +215,7 @@ def import_todos(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
         log.info("job %s: import refused: %s", job_id, exc)
         return {"error": str(exc)}
     owner = job["owner"]
-    # Before the job shows as done: a client that sees "done" must not read a stale page.
-    invalidate_first_page(clients.redis, prefix=clients.settings.redis_prefix, owner=str(owner))
-    if result["imported"]:
-        clients.events.todos_changed(owner, notifications.IMPORTED, result["imported"])
+    bulk_change(clients, owner, notifications.IMPORTED, result["imported"])
     jobs.mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: imported %d todos of %s (%d duplicates, %d rejected)", job_id,
              result["imported"], owner, result["duplicates"], result["rejected"])
