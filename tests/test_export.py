@@ -136,24 +136,6 @@ async def test_results_of_others_unfinished_jobs_and_purges_are_refused(api, wor
     assert error_of(await api.get(path, token=bob)) == (404, "job not found")
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ({"type": "export"}, "format must be one of: json, csv"),
-        ({"type": "export", "format": "xml"}, "format must be one of: json, csv"),
-        ({"type": "export", "format": ["csv"]}, "format must be one of: json, csv"),
-        ({"type": "export", "format": "csv", "older_than_days": 3}, "unknown field"),
-    ],
-)
-@pytest.mark.gen_test
-async def test_bad_export_bodies_are_400(api, body, message):
-    token = await api.register("alice")
-    status, said = error_of(await api.post("/jobs", token=token, json_body=body))
-    assert status == 400
-    assert said.startswith(message), said
-    assert (await api.get("/jobs", token=token)).json == {"data": []}
-
-
 @pytest.mark.gen_test(timeout=120)
 async def test_an_export_file_is_deleted_after_its_keeping_time_and_then_gone(
     api, services, worker

@@ -252,6 +252,10 @@ async def test_get_jobs_lists_the_callers_recent_jobs_only(api, worker):
         ({"type": "purge", "older_than_days": True}, "older_than_days must be an integer"),
         ({"type": "purge", "older_than_days": 7, "everyone": True}, "unknown field 'everyone'"),
         ([{"type": "purge"}], "request body must be a JSON object"),
+        ({"type": "export"}, "format must be one of: json, csv"),
+        ({"type": "export", "format": "xml"}, "format must be one of: json, csv"),
+        ({"type": "export", "format": ["csv"]}, "format must be one of: json, csv"),
+        ({"type": "export", "format": "csv", "older_than_days": 3}, "unknown field"),
     ],
 )
 @pytest.mark.gen_test
