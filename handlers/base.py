@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable
 from functools import cached_property
@@ -10,6 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from server import logs
@@ -42,6 +44,7 @@ class APIHandler(RequestHandler):
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._tracked = True
+        self._discarding = False  # an early error: the body is read only to be dropped
         self.in_flight.started()
         # Set before Tornado creates the task that runs this request, which copies the
         # context: every line logged while handling it carries the id.
@@ -106,6 +109,14 @@ class APIHandler(RequestHandler):
         ]
 
     async def prepare(self) -> None:
+        try:
+            await self.check_request()
+        except Exception:
+            await self._read_small_body()
+            raise
+
+    async def check_request(self) -> None:
+        """What is decided before the body is read: the method, the declared size, the token."""
         # A wrong method is a 405 even without a token (Tornado would only find out later).
         if self.request.method not in self.allowed_methods():
             raise HTTPError(405)
@@ -114,6 +125,34 @@ class APIHandler(RequestHandler):
             raise PayloadTooLarge(self.too_large_message())
         if self.requires_auth:
             self.current_user = await self._authenticate()
+
+    async def _read_small_body(self) -> None:
+        """An error decided before the body is read is answered after it, for a small body.
+
+        Tornado reads a streamed body only once prepare() is done; a reply sent before that
+        makes it close the connection after the reply, without saying so, and the client's
+        (or nginx's pooled) next request on it fails. A body within the JSON limit (or none)
+        is read and dropped first, so the connection stays usable; a larger or chunked one is
+        not worth reading, and write_error announces the close instead.
+        """
+        body_read = getattr(self.request, "_body_future", None)
+        if self._prepared_future is None or body_read is None or body_read.done():
+            return
+        declared = self.request.headers.get("Content-Length")
+        if declared is None and "Transfer-Encoding" in self.request.headers:
+            return
+        if declared is not None and int(declared) > self.services.settings.max_body_size:
+            return
+        self._discarding = True
+        # What Tornado does after prepare(): let the body be read (into data_received).
+        self._prepared_future.set_result(None)
+        # A client gone meanwhile: the reply below then goes nowhere, as Tornado expects.
+        with contextlib.suppress(StreamClosedError):
+            await body_read
+
+    def _body_unread(self) -> bool:
+        body_read = getattr(self.request, "_body_future", None)
+        return body_read is not None and not body_read.done()
 
     @property
     def body_limit(self) -> int:
@@ -125,7 +164,7 @@ class APIHandler(RequestHandler):
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._body_size += len(chunk)
-        if self._body_size <= self.body_limit:
+        if self._body_size <= self.body_limit and not self._discarding:
             self._chunks.append(chunk)
         return None
 
@@ -173,6 +212,10 @@ class APIHandler(RequestHandler):
             self.set_header("Retry-After", "1")
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if self._body_unread():
+            # Tornado closes the connection after this reply: say so, so that clients and
+            # nginx's keepalive pool do not send their next request on it.
+            self.set_header("Connection", "close")
         self.finish({"error": {"status": status_code, "message": message}})
 
     def log_exception(
@@ -196,5 +239,5 @@ class NotFoundHandler(APIHandler):
 
     requires_auth = False
 
-    async def prepare(self) -> None:
+    async def check_request(self) -> None:
         raise NotFound(f"no route for {self.request.path}")

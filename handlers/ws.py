@@ -84,7 +84,7 @@ class NotificationSocket(APIHandler, WebSocketHandler):
         return len(self._queue)
 
     # -- before the upgrade: the API's rules and JSON errors -----------------------------------
-    async def prepare(self) -> None:
+    async def check_request(self) -> None:
         if self.request.method != "GET":
             raise HTTPError(405)
         if not is_websocket_handshake(self.request.headers):

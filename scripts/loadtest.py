@@ -26,7 +26,7 @@ from scripts.seed import seed
 from scripts.stack import DEFAULT_VAR, StackConfig, StackError
 from server.services import mongo_client
 from server.settings import Settings
-from server.users import UserStore
+from server.users import user_id_by_name
 
 # A request slower than this counts as a socket error (timeout) in the table.
 WRK_TIMEOUT = "10s"
@@ -96,7 +96,7 @@ async def _seed_up_to(settings: Settings, count: int) -> None:
     client = mongo_client(settings)
     try:
         db = client[settings.db_name]
-        owner = await UserStore(db).find_by_username(LOAD_USER)
+        owner = await user_id_by_name(db, LOAD_USER)
         have = 0 if owner is None else await db["todos"].count_documents({"owner": owner})
     finally:
         await client.close()

@@ -1,4 +1,5 @@
-"""The MongoDB indexes the queries need, and a look at the plan the list query wins."""
+"""The MongoDB indexes the queries need (every instance keeps them: server/index_keeper.py),
+and a look at the plan the list query wins."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.index_keeper import make_indexes
 from server.todos import IDEMPOTENCY_KEY, LIST_ORDER
 
+# In the order they are made: the unique indexes that writes rely on come first.
 INDEXES: dict[str, list[IndexModel]] = {
+    "users": [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")],
     "todos": [
         # The list query, newest first, and its keyset cursor (created_at, _id).
         IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
@@ -41,7 +45,6 @@ INDEXES: dict[str, list[IndexModel]] = {
                                   name="files_id_1_n_1")],
     "imports.files": [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)],
                                  name="filename_1_uploadDate_1")],
-    "users": [IndexModel([("username", ASCENDING)], unique=True, name="username_unique")],
     # Revocations disappear once the token they revoke has expired anyway.
     "revoked_tokens": [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0,
                                   name="expires_at_ttl")],
@@ -50,11 +53,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> list[str]:
     """Create every index (idempotent); returns their names as `collection.index`."""
-    created: list[str] = []
-    for collection, models in INDEXES.items():
-        names = await db[collection].create_indexes(models)
-        created.extend(f"{collection}.{name}" for name in names)
-    return created
+    return await make_indexes(db, INDEXES)
 
 
 def _stages(plan: dict[str, Any]) -> list[str]:

@@ -30,6 +30,7 @@ from pymongo.collection import Collection
 from server import celery_app, exports
 from server.clock import isoformat, utc_now
 from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
+from server.index_keeper import IndexKeeper
 from server.notifications import Publisher
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -120,11 +121,13 @@ def result_url(doc: dict[str, Any]) -> str | None:
 
 class JobStore:
     def __init__(
-        self, db: AsyncDatabase[dict[str, Any]], celery: Celery, events: Publisher
+        self, db: AsyncDatabase[dict[str, Any]], celery: Celery, events: Publisher,
+        indexes: IndexKeeper,
     ) -> None:
         self.collection = db["jobs"]
         self.celery = celery
         self.events = events
+        self.indexes = indexes
 
     async def start(
         self, *, owner: ObjectId, kind: str, params: dict[str, Any],
@@ -132,6 +135,9 @@ class JobStore:
     ) -> dict[str, Any]:
         """Record a queued job, then hand it to the workers; a 503 if the queue is down.
         `private` fields are kept on the record for the worker, never shown."""
+        if kind == "import":
+            # Its rows are made exactly once by the unique (owner, key) index on todos.
+            await self.indexes.ready("todos")
         # The record first: a worker that takes the job at once must find it.
         doc = {**new_job(owner, kind, params), **(private or {})}
         await self.collection.insert_one(doc)

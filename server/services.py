@@ -17,6 +17,8 @@ from redis.backoff import NoBackoff
 from server import celery_app
 from server.cache import PageCache
 from server.hub import Hub
+from server.index_keeper import IndexKeeper
+from server.indexes import INDEXES
 from server.jobs import JobStore
 from server.notifications import Publisher
 from server.redis_guard import RedisGuard
@@ -80,6 +82,7 @@ class Services:
     jobs: JobStore
     events: Publisher  # publishes users' live notifications
     hub: Hub  # relays them to this instance's WebSockets
+    indexes: IndexKeeper  # makes the indexes from the start; writes that need one wait
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -96,6 +99,7 @@ class Services:
         return await self.redis.ping()
 
     async def close(self) -> None:
+        await self.indexes.close()
         await self.hub.close()
         await asyncio.gather(
             self.redis.close(), self.mongo.close(), celery_app.close(self.celery)
@@ -118,17 +122,23 @@ def open_services(
     # Publishes jobs only; it connects to the broker on the first one.
     celery = celery_app.make_celery(settings)
     events = Publisher(guard)
+    # Started here, on the running loop: an instance needs no out-of-band index step. A write
+    # waits for them as long as one MongoDB call may take (finding the server, then the call).
+    index_wait = (settings.mongo_timeout_ms + settings.mongo_op_timeout_ms) / 1000
+    indexes = IndexKeeper(db, INDEXES, wait_seconds=index_wait)
+    indexes.start()
     return Services(
         settings=settings,
         mongo=mongo,
         redis=guard,
         cache=cache,
-        todos=TodoStore(db, cache, events),
-        users=UserStore(db),
+        todos=TodoStore(db, cache, events, indexes),
+        users=UserStore(db, indexes),
         tokens=TokenService(secret=settings.secret, ttl=settings.token_ttl, guard=guard, db=db),
         celery=celery,
-        jobs=JobStore(db, celery, events),
+        jobs=JobStore(db, celery, events, indexes),
         events=events,
         # Its own Redis connection, opened when the first WebSocket arrives.
         hub=Hub(settings),
+        indexes=indexes,
     )

@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError
 from server.cache import PageCache
 from server.clock import isoformat, utc_now
 from server.errors import Conflict, NotFound, UnprocessableContent
+from server.index_keeper import IndexKeeper
 from server.notifications import CREATED, FINISHED, UPDATED, Publisher
 from server.paging import encode_cursor
 from server.validation import ListQuery, TodoUpdate
@@ -109,16 +110,21 @@ class TodoStore:
     effort: see server/notifications.py); a replayed create changed nothing and says nothing."""
 
     def __init__(
-        self, db: AsyncDatabase[dict[str, Any]], cache: PageCache, events: Publisher
+        self, db: AsyncDatabase[dict[str, Any]], cache: PageCache, events: Publisher,
+        indexes: IndexKeeper,
     ) -> None:
         self.collection = db["todos"]
         self.cache = cache
         self.events = events
+        self.indexes = indexes
 
     async def create(
         self, *, owner: ObjectId, content: str, idempotency_key: str | None = None
     ) -> Created:
         """A new todo; with a key already used by `owner`, the todo that key created."""
+        if idempotency_key is not None:
+            # The unique (owner, key) index is what makes a retried request create one todo.
+            await self.indexes.ready("todos")
         doc = new_todo(owner, content, idempotency_key)
         for _attempt in range(CREATE_ATTEMPTS):
             try:

@@ -10,16 +10,20 @@ from pymongo.errors import DuplicateKeyError
 
 from server.clock import utc_now
 from server.errors import Conflict, Unauthorized
+from server.index_keeper import IndexKeeper
 from server.passwords import hash_password, verify_password
 
 BAD_CREDENTIALS = "invalid username or password"
 
 
 class UserStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], indexes: IndexKeeper) -> None:
         self.collection = db["users"]
+        self.indexes = indexes
 
     async def create(self, *, username: str, password: str) -> dict[str, str]:
+        # Without the unique index, two registrations of one name would both succeed.
+        await self.indexes.ready("users")
         doc = {
             "_id": ObjectId(),
             "username": username,
@@ -42,5 +46,9 @@ class UserStore:
         return ObjectId(doc["_id"])
 
     async def find_by_username(self, username: str) -> ObjectId | None:
-        doc = await self.collection.find_one({"username": username}, {"_id": True})
-        return None if doc is None else ObjectId(doc["_id"])
+        return await user_id_by_name(self.collection.database, username)
+
+
+async def user_id_by_name(db: AsyncDatabase[dict[str, Any]], username: str) -> ObjectId | None:
+    doc = await db["users"].find_one({"username": username}, {"_id": True})
+    return None if doc is None else ObjectId(doc["_id"])
