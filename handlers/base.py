@@ -12,9 +12,9 @@ from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server import logs
 from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
 from server.inflight import InFlight
+from server.infra import logs
 from server.jobs import JobStore
 from server.metrics import Metrics
 from server.services import Services

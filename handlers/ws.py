@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from server import notifications
 from server.errors import (
     BadRequest,
     Forbidden,
@@ -29,6 +28,7 @@ from server.errors import (
     Unauthorized,
 )
 from server.hub import Hub
+from server.infra import notifications
 from server.tokens import INVALID_TOKEN, Principal
 
 from .base import APIHandler

@@ -15,8 +15,8 @@ from pymongo.errors import PyMongoError
 
 from scripts.common import script_settings
 from server.indexes import ensure_indexes, explain_list_query
+from server.infra.settings import Settings
 from server.services import mongo_client
-from server.settings import Settings
 
 
 def _index_names(plan: dict[str, Any]) -> list[str]:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from scripts.seed import seed
 from scripts.stack import DEFAULT_VAR, StackConfig, StackError
+from server.infra.settings import Settings
 from server.services import mongo_client
-from server.settings import Settings
 from server.users import UserStore
 
 # A request slower than this counts as a socket error (timeout) in the table.

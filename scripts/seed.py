@@ -19,10 +19,10 @@ from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from scripts.common import script_settings
-from server.clock import utc_now
 from server.errors import ApiError
+from server.infra.clock import utc_now
+from server.infra.settings import Settings
 from server.services import open_services
-from server.settings import Settings
 from server.validation import credentials
 
 

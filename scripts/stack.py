@@ -33,8 +33,8 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, find_mongod, find_redis_server, port_in_use
-from server.celery_app import load_celery_config
-from server.settings import PROJECT_ROOT, Settings, load_or_create_secret
+from server.infra.queue import load_celery_config
+from server.infra.settings import PROJECT_ROOT, Settings, load_or_create_secret
 from server.uploads import body_limit as upload_body_limit
 
 CONF_DIR = PROJECT_ROOT / "conf"

@@ -9,8 +9,8 @@ from tornado.web import Application, RequestHandler
 
 from handlers import accounts, health, jobs, metrics, todos, ws
 from handlers.base import NotFoundHandler
-from server import logs
 from server.inflight import InFlight
+from server.infra import logs
 from server.metrics import Metrics
 from server.services import Services
 

@@ -27,9 +27,9 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server import notifications
-from server.redis_guard import REDIS_FAILURES
-from server.settings import Settings
+from server.infra import notifications
+from server.infra.redis_guard import REDIS_FAILURES
+from server.infra.settings import Settings
 
 log = logging.getLogger("todo.hub")
 

@@ -27,10 +27,11 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
-from server import celery_app, exports
-from server.clock import isoformat, utc_now
+from server import exports
 from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
-from server.notifications import Publisher
+from server.infra import queue
+from server.infra.clock import isoformat, utc_now
+from server.infra.notifications import Publisher
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 RECENT_JOBS = 20
@@ -138,8 +139,8 @@ class JobStore:
         # Before it is handed over: a worker's "running" must not overtake "queued".
         await self.events.job(owner, public_job(doc))
         try:
-            await celery_app.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
-        except celery_app.PUBLISH_FAILURES:
+            await queue.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
+        except queue.PUBLISH_FAILURES:
             failed = await self.collection.find_one_and_update(
                 {"_id": doc["_id"]},
                 {"$set": {"status": FAILED, "error": QUEUE_UNAVAILABLE,

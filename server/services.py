@@ -14,13 +14,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server import celery_app
-from server.cache import PageCache
 from server.hub import Hub
+from server.infra import queue
+from server.infra.cache import PageCache
+from server.infra.notifications import Publisher
+from server.infra.redis_guard import RedisGuard
+from server.infra.settings import Settings
 from server.jobs import JobStore
-from server.notifications import Publisher
-from server.redis_guard import RedisGuard
-from server.settings import Settings
 from server.todos import TodoStore
 from server.tokens import TokenService
 from server.users import UserStore
@@ -98,7 +98,7 @@ class Services:
     async def close(self) -> None:
         await self.hub.close()
         await asyncio.gather(
-            self.redis.close(), self.mongo.close(), celery_app.close(self.celery)
+            self.redis.close(), self.mongo.close(), queue.close(self.celery)
         )
 
 
@@ -116,7 +116,7 @@ def open_services(
     lock_ttl = settings.mongo_op_timeout_ms / 1000 + 1
     cache = PageCache(guard, ttl=settings.cache_ttl, lock_ttl=lock_ttl)
     # Publishes jobs only; it connects to the broker on the first one.
-    celery = celery_app.make_celery(settings)
+    celery = queue.make_celery(settings)
     events = Publisher(guard)
     return Services(
         settings=settings,

@@ -23,9 +23,10 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from server import celery_app, exports, imports, jobs, uploads
-from server.clock import utc_now
-from server.settings import Settings
+from server import exports, imports, jobs, uploads
+from server.infra import queue
+from server.infra.clock import utc_now
+from server.infra.settings import Settings
 from server.tasks import WorkerClients
 
 log = logging.getLogger("todo.sweeper")
@@ -60,8 +61,8 @@ def sweep(app: Celery, records: Collection[dict[str, Any]], *,
             log.warning("job %s: queued again (its worker stopped, or its message was lost)",
                         job["_id"])
             try:
-                celery_app.publish(app, jobs.TASKS[job["type"]], str(job["_id"]))
-            except celery_app.PUBLISH_FAILURES as exc:
+                queue.publish(app, jobs.TASKS[job["type"]], str(job["_id"]))
+            except queue.PUBLISH_FAILURES as exc:
                 # Still queued: published again once REQUEUE_AFTER_SECONDS have passed.
                 log.warning("job %s: could not publish it again: %s", job["_id"], exc)
     return claimed

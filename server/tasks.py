@@ -27,9 +27,10 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import exports, imports, jobs, notifications
-from server.cache import VERSION_TTL, first_page_keys, new_version
-from server.settings import Settings
+from server import exports, imports, jobs
+from server.infra import notifications
+from server.infra.cache import VERSION_TTL, first_page_keys, new_version
+from server.infra.settings import Settings
 
 log = logging.getLogger("todo.tasks")
 

@@ -18,10 +18,10 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.cache import PageCache
-from server.clock import isoformat, utc_now
 from server.errors import Conflict, NotFound, UnprocessableContent
-from server.notifications import CREATED, FINISHED, UPDATED, Publisher
+from server.infra.cache import PageCache
+from server.infra.clock import isoformat, utc_now
+from server.infra.notifications import CREATED, FINISHED, UPDATED, Publisher
 from server.paging import encode_cursor
 from server.validation import ListQuery, TodoUpdate
 

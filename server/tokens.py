@@ -26,7 +26,7 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from server.errors import Unauthorized
-from server.redis_guard import RedisGuard, UntilDone, done
+from server.infra.redis_guard import RedisGuard, UntilDone, done
 
 log = logging.getLogger(__name__)
 # How long Redis's copy of the revocations is trusted before it is rebuilt from MongoDB: the

@@ -8,8 +8,8 @@ from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.clock import utc_now
 from server.errors import Conflict, Unauthorized
+from server.infra.clock import utc_now
 from server.passwords import hash_password, verify_password
 
 BAD_CREDENTIALS = "invalid username or password"

@@ -7,7 +7,7 @@ app opens no connection until the worker starts; the tasks open theirs on first 
 
 from __future__ import annotations
 
-from server.celery_app import make_celery
-from server.settings import load_settings
+from server.infra.queue import make_celery
+from server.infra.settings import load_settings
 
 app = make_celery(load_settings(), worker=True)

@@ -29,8 +29,8 @@ from tornado.web import Application
 from scripts.local_services import LocalServer, free_port, mongod_server, redis_server
 from server.app import make_app
 from server.indexes import ensure_indexes
+from server.infra.settings import Settings
 from server.services import Services, mongo_client, open_services
-from server.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 40
 

@@ -29,8 +29,8 @@ from tornado.testing import bind_unused_port
 from scripts.local_services import LocalServer, free_port, redis_server
 from server.app import make_app
 from server.indexes import ensure_indexes
+from server.infra.settings import Settings
 from server.services import Services, mongo_client, open_services
-from server.settings import Settings
 from server.tokens import TokenService
 from tests.conftest import Api, Reply, error_of, make_settings
 

@@ -13,7 +13,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from server import exports, jobs, sweeper, tasks
-from server.settings import PROJECT_ROOT
+from server.infra.settings import PROJECT_ROOT
 from tests.conftest import error_of, make_settings
 from tests.test_jobs import create, purge, user_id, wait_for_job
 from tests.test_jobs import worker as worker  # the fixture, shared

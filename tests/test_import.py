@@ -17,7 +17,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from server import imports, jobs, sweeper, tasks, uploads, validation
-from server.settings import PROJECT_ROOT
+from server.infra.settings import PROJECT_ROOT
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
 from tests.test_jobs import user_id, wait_for_job

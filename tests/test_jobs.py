@@ -21,8 +21,9 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from scripts.local_services import free_port
-from server import celery_app, jobs, tasks
-from server.settings import PROJECT_ROOT, Settings
+from server import jobs, tasks
+from server.infra import queue
+from server.infra.settings import PROJECT_ROOT, Settings
 from tests.conftest import TEST_SECRET, another_instance, error_of, make_settings
 from tests.test_openapi import assert_matches
 
@@ -196,13 +197,13 @@ async def test_a_job_that_breaks_is_failed_with_a_message_not_internals(api, ser
     # A record the API would never write (no older_than_days): the task raises KeyError.
     doc = jobs.new_job(owner, "purge", {})
     await services.db["jobs"].insert_one(doc)
-    await celery_app.enqueue(services.celery, jobs.TASKS["purge"], str(doc["_id"]))
+    await queue.enqueue(services.celery, jobs.TASKS["purge"], str(doc["_id"]))
     worker.start()
     failed = await wait_for_job(api, token, str(doc["_id"]))
     assert failed["status"] == jobs.FAILED
     assert failed["error"] == "the job failed unexpectedly"
     # Delivered again (or a stray message): a finished job is left as it is.
-    await celery_app.enqueue(services.celery, jobs.TASKS["purge"], str(doc["_id"]))
+    await queue.enqueue(services.celery, jobs.TASKS["purge"], str(doc["_id"]))
     for _ in range(100):
         if "nothing to do" in worker.log():
             break

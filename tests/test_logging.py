@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from scripts.local_services import free_port
-from server import logs
+from server.infra import logs
 from tests.conftest import Api, error_of, make_settings
 from tests.test_main import server_env, wait_until_healthy
 from tests.test_metrics import serving, without_mongodb

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scripts.local_services import LocalServer, free_port, mongod_server
-from server.settings import Settings
+from server.infra.settings import Settings
 from tests.conftest import error_of, make_settings
 
 

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from scripts.local_services import LocalServer, free_port, redis_server
-from server.settings import Settings
+from server.infra.settings import Settings
 from tests.conftest import make_settings
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings, SettingsError, load_settings
+from server.infra.settings import Settings, SettingsError, load_settings
 
 SECRET = "s" * 40
 

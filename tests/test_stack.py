@@ -459,7 +459,7 @@ async def test_a_browser_websocket_through_nginx_hears_a_todo_created_on_any_ins
 
 
 def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
-    from server.celery_app import load_celery_config
+    from server.infra.queue import load_celery_config
 
     conf = cfg.path("run", "supervisord.conf").read_text()
     section = conf.split("[program:celery]")[1].split("\n[")[0]

@@ -16,7 +16,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from server import jobs, sweeper, tasks
-from server.settings import Settings
+from server.infra.settings import Settings
 from tests.test_jobs import create, finished_days_ago, user_id, wait_for_job
 from tests.test_jobs import worker as worker  # the fixture, shared
 

@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 from tornado.web import RequestHandler
 
-from server.clock import isoformat
-from server.tokens import Principal
+from server.infra.caller import Caller
+from server.infra.clock import isoformat
 
 access_log = logging.getLogger("todo.access")
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
@@ -128,7 +128,7 @@ def log_access(handler: RequestHandler, route: str) -> None:
     user = handler.current_user
     fields = {
         "request_id": getattr(handler, "request_id", None),
-        "user_id": str(user.user_id) if isinstance(user, Principal) else None,
+        "user_id": str(user.user_id) if isinstance(user, Caller) else None,
         "route": route,
         "method": request.method,
         "path": request.path,

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from server.redis_guard import RedisGuard, UntilDone
+from server.infra.redis_guard import RedisGuard, UntilDone
 
 log = logging.getLogger(__name__)
 

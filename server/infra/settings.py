@@ -21,7 +21,7 @@ from redis.connection import parse_url as parse_redis_url
 from tornado.options import Error as OptionsError
 from tornado.options import OptionParser
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONF_FILE = PROJECT_ROOT / "conf" / "todo.ini"
 DEFAULT_SECRET_FILE = PROJECT_ROOT / "var" / "secret"
 MIN_SECRET_LENGTH = 32

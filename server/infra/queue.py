@@ -15,7 +15,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from server.settings import PROJECT_ROOT, Settings
+from server.infra.settings import PROJECT_ROOT, Settings
 
 CELERY_CONFIG_FILE = PROJECT_ROOT / "conf" / "celeryconfig.py"
 # What publishing a job raises when the broker cannot be reached (kombu wraps redis-py's

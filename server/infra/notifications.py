@@ -2,7 +2,7 @@
 
 Every change a user should hear about is published, as JSON, on the Redis pub/sub channel
 `<redis_prefix>events:<user id>`; each instance relays its users' channels to their open
-WebSockets (server/hub.py, handlers/ws.py). Publishing is best effort: the write in MongoDB is
+WebSockets (server/web/hub.py, handlers/ws.py). Publishing is best effort: the write in MongoDB is
 the truth, a message that cannot be published is counted and dropped, never a failed request.
 A client that may have missed messages is told to refetch (`resync`).
 
@@ -34,9 +34,9 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from server.clock import isoformat, utc_now
-from server.redis_guard import REDIS_FAILURES, RedisGuard, done
-from server.tokens import Principal
+from server.infra.caller import Caller
+from server.infra.clock import isoformat, utc_now
+from server.infra.redis_guard import REDIS_FAILURES, RedisGuard, done
 
 log = logging.getLogger("todo.notifications")
 
@@ -75,7 +75,7 @@ def todos_changed(action: str, count: int) -> dict[str, Any]:
 
 
 def job_changed(job: dict[str, Any]) -> dict[str, Any]:
-    """`job` is the public form of the job record (server.jobs.public_job)."""
+    """`job` is the public form of the job record (server.domain.jobs.public_job)."""
     return message("job", job=job)
 
 
@@ -127,7 +127,7 @@ class Publisher:
     async def job(self, owner: ObjectId, job: dict[str, Any]) -> None:
         await self.publish(owner, job_changed(job))
 
-    async def revoked(self, principal: Principal) -> None:
+    async def revoked(self, principal: Caller) -> None:
         await self.publish(principal.user_id, revoked(principal.token_id))
 
 
