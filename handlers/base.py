@@ -12,14 +12,14 @@ from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.todos import TodoStore
+from server.domain.tokens import INVALID_TOKEN, Principal
 from server.inflight import InFlight
 from server.infra import logs
 from server.jobs import JobStore
 from server.metrics import Metrics
 from server.services import Services
-from server.todos import TodoStore
-from server.tokens import INVALID_TOKEN, Principal
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"

@@ -6,7 +6,8 @@ from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 
-from server import jobs, uploads, validation
+from server import jobs, uploads
+from server.domain import validation
 from server.uploads import ImportUpload
 
 from .base import APIHandler

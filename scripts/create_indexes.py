@@ -14,7 +14,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from scripts.common import script_settings
-from server.indexes import ensure_indexes, explain_list_query
+from server.domain.indexes import ensure_indexes, explain_list_query
 from server.infra.settings import Settings
 from server.services import mongo_client
 

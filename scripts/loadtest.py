@@ -24,9 +24,9 @@ from pathlib import Path
 
 from scripts.seed import seed
 from scripts.stack import DEFAULT_VAR, StackConfig, StackError
+from server.domain.users import UserStore
 from server.infra.settings import Settings
 from server.services import mongo_client
-from server.users import UserStore
 
 # A request slower than this counts as a socket error (timeout) in the table.
 WRK_TIMEOUT = "10s"

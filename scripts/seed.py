@@ -19,11 +19,11 @@ from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from scripts.common import script_settings
-from server.errors import ApiError
+from server.domain.errors import ApiError
+from server.domain.validation import credentials
 from server.infra.clock import utc_now
 from server.infra.settings import Settings
 from server.services import open_services
-from server.validation import credentials
 
 
 async def seed(

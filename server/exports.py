@@ -20,7 +20,7 @@ from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 
-from server.todos import LIST_ORDER, PUBLIC_FIELDS, public_todo
+from server.domain.todos import LIST_ORDER, PUBLIC_FIELDS, public_todo
 
 BUCKET = "exports"
 CSV_FIELDS = ("id", "content", "created_at", "is_finished", "finished_at")

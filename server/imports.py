@@ -37,10 +37,10 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from server import exports
-from server.errors import BadRequest
-from server.todos import IDEMPOTENCY_KEY, new_todo
+from server.domain.errors import BadRequest
+from server.domain.todos import IDEMPOTENCY_KEY, new_todo
+from server.domain.validation import IMPORT_IGNORED_FIELDS, TodoImport, todo_import
 from server.uploads import BUCKET
-from server.validation import IMPORT_IGNORED_FIELDS, TodoImport, todo_import
 
 MAX_IMPORT_ROWS = 100_000
 # Rows per insert_many; progress is recorded after each.

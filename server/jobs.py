@@ -28,7 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
 
 from server import exports
-from server.errors import Conflict, Gone, NotFound, ServiceUnavailable
+from server.domain.errors import Conflict, Gone, NotFound, ServiceUnavailable
 from server.infra import queue
 from server.infra.clock import isoformat, utc_now
 from server.infra.notifications import Publisher

@@ -14,6 +14,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from server.domain.todos import TodoStore
+from server.domain.tokens import TokenService
+from server.domain.users import UserStore
 from server.hub import Hub
 from server.infra import queue
 from server.infra.cache import PageCache
@@ -21,9 +24,6 @@ from server.infra.notifications import Publisher
 from server.infra.redis_guard import RedisGuard
 from server.infra.settings import Settings
 from server.jobs import JobStore
-from server.todos import TodoStore
-from server.tokens import TokenService
-from server.users import UserStore
 
 
 def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:

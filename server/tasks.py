@@ -104,8 +104,9 @@ class Job(Protocol):
 
 
 def invalidate_first_page(client: Redis, *, prefix: str, owner: str) -> None:
-    """Exactly what server/cache.py's PageCache.invalidate does, from a worker: a new random
-    version and no cached page, so every instance's next read of the page comes from MongoDB."""
+    """Exactly what server/infra/cache.py's PageCache.invalidate does, from a worker: a new
+    random version and no cached page, so every instance's next read of the page comes from
+    MongoDB."""
     page_key, version_key, _lock_key = first_page_keys(prefix, owner)
     with client.pipeline(transaction=True) as pipe:
         pipe.set(version_key, new_version(), ex=VERSION_TTL)

@@ -29,9 +29,9 @@ from pymongo.errors import PyMongoError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from server.errors import ApiError, BadRequest, PayloadTooLarge
+from server.domain.errors import ApiError, BadRequest, PayloadTooLarge
+from server.domain.validation import IMPORT_FORMATS, media_type
 from server.infra.clock import utc_now
-from server.validation import IMPORT_FORMATS, media_type
 
 log = logging.getLogger("todo.uploads")
 

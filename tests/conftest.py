@@ -28,7 +28,7 @@ from tornado.web import Application
 
 from scripts.local_services import LocalServer, free_port, mongod_server, redis_server
 from server.app import make_app
-from server.indexes import ensure_indexes
+from server.domain.indexes import ensure_indexes
 from server.infra.settings import Settings
 from server.services import Services, mongo_client, open_services
 

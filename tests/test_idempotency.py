@@ -11,7 +11,7 @@ from bson import ObjectId
 from tornado.httputil import HTTPHeaders
 
 from server.app import OPENAPI_FILE
-from server.todos import new_todo
+from server.domain.todos import new_todo
 from tests.conftest import another_instance, error_of
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -16,7 +16,8 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import imports, jobs, sweeper, tasks, uploads, validation
+from server import imports, jobs, sweeper, tasks, uploads
+from server.domain import validation
 from server.infra.settings import PROJECT_ROOT
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
@@ -615,7 +616,7 @@ async def test_an_import_whose_queue_is_down_keeps_no_file(mongo_uri, redis_url)
 
 
 def test_import_keys_never_look_like_a_client_idempotency_key():
-    from server.validation import IDEMPOTENCY_KEY_PATTERN
+    from server.domain.validation import IDEMPOTENCY_KEY_PATTERN
 
     key = imports.import_key("ab" * 32, 7)  # the 7th row
     assert not IDEMPOTENCY_KEY_PATTERN.fullmatch(key)

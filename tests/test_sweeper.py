@@ -117,7 +117,7 @@ def test_a_running_attempt_keeps_its_lease_alive(settings, records):
 
 
 def test_the_sweepers_queries_use_an_index(settings, records):
-    from server.indexes import INDEXES
+    from server.domain.indexes import INDEXES
 
     records.create_indexes(INDEXES["jobs"])
     now = jobs.utc_now()

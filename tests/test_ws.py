@@ -21,9 +21,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from scripts.local_services import free_port, redis_server
 from server import jobs
+from server.domain.tokens import TokenService
 from server.infra import notifications
 from server.infra.settings import PROJECT_ROOT
-from server.tokens import TokenService
 from tests.conftest import TEST_SECRET, Api, another_instance, error_of, make_settings
 from tests.test_jobs import create, finished_days_ago, worker  # noqa: F401
 from tests.test_main import instance, wait_until_healthy  # noqa: F401

@@ -16,7 +16,7 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from server.errors import BadRequest
+from server.domain.errors import BadRequest
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

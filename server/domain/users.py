@@ -8,9 +8,9 @@ from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.errors import Conflict, Unauthorized
+from server.domain.errors import Conflict, Unauthorized
+from server.domain.passwords import hash_password, verify_password
 from server.infra.clock import utc_now
-from server.passwords import hash_password, verify_password
 
 BAD_CREDENTIALS = "invalid username or password"
 

@@ -25,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
-from server.errors import Unauthorized
+from server.domain.errors import Unauthorized
 from server.infra.redis_guard import RedisGuard, UntilDone, done
 
 log = logging.getLogger(__name__)

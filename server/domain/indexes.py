@@ -8,7 +8,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.todos import IDEMPOTENCY_KEY, LIST_ORDER
+from server.domain.todos import IDEMPOTENCY_KEY, LIST_ORDER
 
 INDEXES: dict[str, list[IndexModel]] = {
     "todos": [

@@ -15,8 +15,8 @@ from typing import Any
 from bson import ObjectId
 from tornado import httputil
 
-from server.errors import BadRequest, NotFound, UnsupportedMediaType
-from server.paging import Cursor, decode_cursor
+from server.domain.errors import BadRequest, NotFound, UnsupportedMediaType
+from server.domain.paging import Cursor, decode_cursor
 
 MAX_CONTENT_LENGTH = 1000
 DEFAULT_LIMIT = 10

@@ -18,12 +18,12 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.errors import Conflict, NotFound, UnprocessableContent
+from server.domain.errors import Conflict, NotFound, UnprocessableContent
+from server.domain.paging import encode_cursor
+from server.domain.validation import ListQuery, TodoUpdate
 from server.infra.cache import PageCache
 from server.infra.clock import isoformat, utc_now
 from server.infra.notifications import CREATED, FINISHED, UPDATED, Publisher
-from server.paging import encode_cursor
-from server.validation import ListQuery, TodoUpdate
 
 LIST_ORDER = [("created_at", DESCENDING), ("_id", DESCENDING)]
 IDEMPOTENCY_KEY = "idempotency_key"
@@ -106,7 +106,8 @@ def _finished_at_when(finished: bool, now: datetime) -> Any:
 
 class TodoStore:
     """Each write is published to the owner's live notifications once it is done (best
-    effort: see server/notifications.py); a replayed create changed nothing and says nothing."""
+    effort: see server/infra/notifications.py); a replayed create changed nothing and says
+    nothing."""
 
     def __init__(
         self, db: AsyncDatabase[dict[str, Any]], cache: PageCache, events: Publisher
