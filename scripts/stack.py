@@ -33,9 +33,9 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, find_mongod, find_redis_server, port_in_use
+from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.queue import load_celery_config
 from server.infra.settings import PROJECT_ROOT, Settings, load_or_create_secret
-from server.uploads import body_limit as upload_body_limit
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"

@@ -39,8 +39,8 @@ from pymongo.errors import BulkWriteError
 from server import exports
 from server.domain.errors import BadRequest
 from server.domain.todos import IDEMPOTENCY_KEY, new_todo
+from server.domain.upload_files import BUCKET
 from server.domain.validation import IMPORT_IGNORED_FIELDS, TodoImport, todo_import
-from server.uploads import BUCKET
 
 MAX_IMPORT_ROWS = 100_000
 # Rows per insert_many; progress is recorded after each.

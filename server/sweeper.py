@@ -23,7 +23,8 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from server import exports, imports, jobs, uploads
+from server import exports, imports, jobs
+from server.domain import upload_files
 from server.infra import queue
 from server.infra.clock import utc_now
 from server.infra.settings import Settings
@@ -84,7 +85,7 @@ def drop_abandoned_uploads(db: Database[dict[str, Any]]) -> int:
     """Delete uploads no job will read: abandoned mid-way, or left by a job that finished
     while MongoDB was failing; how many. A file's id tells when its upload started."""
     cutoff = ObjectId.from_datetime(utc_now() - timedelta(seconds=ABANDONED_UPLOAD_SECONDS))
-    old = db[f"{uploads.BUCKET}.chunks"].distinct("files_id", {"files_id": {"$lt": cutoff}})
+    old = db[f"{upload_files.BUCKET}.chunks"].distinct("files_id", {"files_id": {"$lt": cutoff}})
     dropped = 0
     for file_id in old[:MAX_CLAIMS]:
         reader = db["jobs"].find_one(

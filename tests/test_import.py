@@ -16,8 +16,8 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import imports, jobs, sweeper, tasks, uploads
-from server.domain import validation
+from server import imports, jobs, sweeper, tasks
+from server.domain import import_form, uploads, validation
 from server.infra.settings import PROJECT_ROOT
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
@@ -489,7 +489,7 @@ async def test_over_the_upload_limit_is_a_json_413_with_or_without_content_lengt
     services, worker
 ):
     small = dataclasses.replace(services.settings, max_upload_size=16 * 1024)
-    limit_message = uploads.too_large_message(16 * 1024)
+    limit_message = import_form.too_large_message(16 * 1024)
     async with another_instance(small) as api:
         token = await api.register("alice")
         # Just at the limit: accepted.

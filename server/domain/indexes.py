@@ -36,7 +36,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("finished_at", ASCENDING)],
                    name="status_finished_at"),
     ],
-    # GridFS's own indexes for the uploads (server/uploads.py writes the chunks itself).
+    # GridFS's own indexes for the uploads (server/domain/upload_files.py writes the chunks itself).
     "imports.chunks": [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True,
                                   name="files_id_1_n_1")],
     "imports.files": [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)],

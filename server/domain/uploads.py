@@ -3,11 +3,9 @@
 The file part goes to GridFS (bucket `imports`) a piece at a time and is hashed (sha256) on the
 way; the other parts are two small text fields. The instance never holds the file: at most one
 network chunk and one GridFS chunk (255 KiB) are in memory. Every chunk's insert is awaited
-before the next network chunk is read, which is the back-pressure on the client.
-
-The chunks are written here, by the GridFS layout (`imports.chunks` {files_id, n, data}, then
-the `imports.files` document once complete), not with pymongo's GridIn: GridIn keeps up to
-32 MB of chunks in memory before it inserts them.
+before the next network chunk is read, which is the back-pressure on the client. The chunks
+are written by server/domain/upload_files.py; the fields and limits of the form are in
+server/domain/import_form.py.
 
 A body found bad (malformed, a field missing or unknown, over a limit) is read to its end but
 no longer stored: what was written is deleted at once, and the request answers 400 or 413.
@@ -18,137 +16,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from bson import Binary, ObjectId
+from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from server.domain.errors import ApiError, BadRequest, PayloadTooLarge
+from server.domain.import_form import (
+    FILE_FIELD,
+    FORMAT_BY_EXTENSION,
+    FORMAT_BY_MEDIA_TYPE,
+    MAX_FIELD_SIZE,
+    TEXT_FIELDS,
+    UNKNOWN_FORMAT,
+    Part,
+    Upload,
+    body_limit,
+    safe_filename,
+    too_large_message,
+)
+from server.domain.upload_files import GridFSWriter
 from server.domain.validation import IMPORT_FORMATS, media_type
-from server.infra.clock import utc_now
 
 log = logging.getLogger("todo.uploads")
-
-BUCKET = "imports"
-CHUNK_SIZE = 255 * 1024  # GridFS's default
-FILE_FIELD = "file"
-TEXT_FIELDS = ("type", "format")
-MAX_FIELD_SIZE = 1024
-# The whole body may exceed the file's limit by this much: boundaries, part headers, fields.
-MULTIPART_OVERHEAD = 64 * 1024
-# A chunked body (no Content-Length) over the limit is read this much further, unstored, so
-# that its answer is still a JSON 413; past that the connection is dropped.
-CHUNKED_SLACK = 1024 * 1024
-# How long the whole body may take to arrive (the server's default for other bodies is 30 s):
-# 50 MiB at 1 Mbit/s takes about 7 minutes.
-BODY_TIMEOUT = 600.0
-FORMAT_BY_MEDIA_TYPE = {
-    "application/json": "json", "application/x-ndjson": "json", "application/jsonl": "json",
-    "text/csv": "csv",
-}
-FORMAT_BY_EXTENSION = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv"}
-UNKNOWN_FORMAT = (
-    "cannot tell the file's format: send a format field (json or csv), the file part's"
-    " Content-Type (application/json or text/csv) or a file name ending in .json or .csv"
-)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def body_limit(max_file_size: int) -> int:
-    """The largest multipart body accepted for a file of at most `max_file_size` bytes."""
-    return max_file_size + MULTIPART_OVERHEAD
-
-
-def too_large_message(max_file_size: int) -> str:
-    return (f"an import file may be at most {max_file_size} bytes"
-            f" (the whole request at most {body_limit(max_file_size)})")
-
-
-def is_upload(content_type: str | None) -> bool:
-    return media_type(content_type) == "multipart/form-data"
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A complete, valid upload, its file closed in GridFS."""
-
-    file_id: ObjectId
-    filename: str
-    format: str
-    size: int
-    sha256: str
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"format": self.format, "filename": self.filename, "size": self.size,
-                "sha256": self.sha256}
-
-
-@dataclass
-class _Part:
-    name: str = ""
-    filename: str = "upload"
-    content_type: str | None = None
-
-
-def _safe_filename(raw: bytes | None) -> str:
-    """The client's file name without any directory (browsers on Windows send C:\\...),
-    control characters or excess length; `upload` when it gives none."""
-    name = (raw or b"").decode("utf-8", errors="replace").replace("\\", "/")
-    name = _CONTROL.sub("", PurePosixPath(name).name if "/" in name else name).strip()
-    return name[:255] or "upload"
-
-
-class GridFSWriter:
-    """One GridFS file written a chunk at a time, each chunk inserted as soon as it is full."""
-
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], file_id: ObjectId, filename: str,
-                 metadata: dict[str, Any]) -> None:
-        self.files = db[f"{BUCKET}.files"]
-        self.chunks = db[f"{BUCKET}.chunks"]
-        self.file_id = file_id
-        self.filename = filename
-        self.metadata = metadata
-        self.buffer = bytearray()
-        self.chunk_number = 0
-        self.length = 0
-        self.closed = False
-
-    async def write(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= CHUNK_SIZE:
-            await self._insert_chunk(bytes(self.buffer[:CHUNK_SIZE]))
-            del self.buffer[:CHUNK_SIZE]
-
-    async def _insert_chunk(self, data: bytes) -> None:
-        await self.chunks.insert_one(
-            {"files_id": self.file_id, "n": self.chunk_number, "data": Binary(data)}
-        )
-        self.chunk_number += 1
-        self.length += len(data)
-
-    async def close(self) -> None:
-        """Write the last chunk, then the file document: only now does the file exist."""
-        if self.buffer:
-            await self._insert_chunk(bytes(self.buffer))
-            self.buffer.clear()
-        await self.files.insert_one({
-            "_id": self.file_id, "length": self.length, "chunkSize": CHUNK_SIZE,
-            "uploadDate": utc_now(), "filename": self.filename, "metadata": self.metadata,
-        })
-        self.closed = True
-
-    async def delete(self) -> None:
-        """Delete the file, or the chunks of one never closed."""
-        self.buffer.clear()
-        await self.files.delete_one({"_id": self.file_id})
-        await self.chunks.delete_many({"files_id": self.file_id})
 
 
 class ImportUpload:
@@ -171,10 +65,10 @@ class ImportUpload:
         self.fields: dict[str, bytearray] = {}
         self._db = db
         self._stream: GridFSWriter | None = None
-        self._file: _Part | None = None
+        self._file: Part | None = None
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []
-        self._part = _Part()
+        self._part = Part()
         self._headers: dict[str, str] = {}
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -201,7 +95,7 @@ class ImportUpload:
             self.error = error
 
     def _part_begin(self) -> None:
-        self._part = _Part()
+        self._part = Part()
         self._headers = {}
 
     def _header_end(self) -> None:
@@ -216,7 +110,7 @@ class ImportUpload:
         if kind != b"form-data" or not name:
             self._fail(BadRequest("each part needs a Content-Disposition: form-data with a name"))
             return
-        self._part = _Part(name, _safe_filename(options.get(b"filename")),
+        self._part = Part(name, safe_filename(options.get(b"filename")),
                            self._headers.get("content-type"))
         if name in self.fields or (name == FILE_FIELD and self._file is not None):
             self._fail(BadRequest(f"field {name!r} must be given once"))
