@@ -1,4 +1,4 @@
-"""Celery's configuration for the Todo API workers (loaded by server/celery_app.py).
+"""Celery's configuration for the Todo API workers (loaded by server/infra/queue.py).
 
 Broker and result backend URLs are not here: they are settings (broker_url, result_backend,
 TODO_BROKER_URL, TODO_RESULT_BACKEND) like every other address the service uses.

@@ -13,11 +13,11 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import INVALID_TOKEN, Principal
 from server.inflight import InFlight
 from server.infra import logs
-from server.jobs import JobStore
 from server.metrics import Metrics
 from server.services import Services
 

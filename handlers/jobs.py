@@ -6,8 +6,7 @@ from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 
-from server import jobs
-from server.domain import import_form, uploads, validation
+from server.domain import import_form, jobs, uploads, validation
 from server.domain.uploads import ImportUpload
 
 from .base import APIHandler

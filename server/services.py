@@ -14,6 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import TokenService
 from server.domain.users import UserStore
@@ -23,7 +24,6 @@ from server.infra.cache import PageCache
 from server.infra.notifications import Publisher
 from server.infra.redis_guard import RedisGuard
 from server.infra.settings import Settings
-from server.jobs import JobStore
 
 
 def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:

@@ -12,8 +12,10 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import exports, jobs, sweeper, tasks
+from server.domain import jobs
 from server.infra.settings import PROJECT_ROOT
+from server.worker import exporting, sweeper, tasks
+from server.worker.clients import WorkerClients
 from tests.conftest import error_of, make_settings
 from tests.test_jobs import create, purge, user_id, wait_for_job
 from tests.test_jobs import worker as worker  # the fixture, shared
@@ -87,7 +89,7 @@ async def test_json_and_csv_exports_hold_exactly_what_the_pages_list(api, servic
             assert json.loads(download.body) == expected
         else:
             rows = list(csv.DictReader(io.StringIO(download.body.decode("utf-8"), newline="")))
-            assert list(rows[0]) == list(exports.CSV_FIELDS)
+            assert list(rows[0]) == list(exporting.CSV_FIELDS)
             assert rows == [
                 {**t, "is_finished": "true" if t["is_finished"] else "false",
                  "finished_at": t["finished_at"] or ""}
@@ -167,7 +169,7 @@ def test_a_redelivered_export_replaces_the_half_written_file(mongo_uri, redis_ur
     """The attempt before died half-way: its chunks (no file document yet) are deleted, and
     the job ends with exactly one file, the new one."""
     settings = make_settings(mongo_uri, redis_url)
-    clients = tasks.WorkerClients(settings)
+    clients = WorkerClients(settings)
     with MongoClient(mongo_uri, tz_aware=True) as mongo:
         db = mongo[settings.db_name]
         try:

@@ -16,9 +16,11 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from server import imports, jobs, sweeper, tasks
-from server.domain import import_form, uploads, validation
+from server.domain import import_form, jobs, uploads, validation
 from server.infra.settings import PROJECT_ROOT
+from server.worker import import_formats, importing, sweeper, tasks
+from server.worker import records as job_records
+from server.worker.clients import WorkerClients
 from tests.conftest import another_instance, error_of, make_settings
 from tests.test_export import all_pages
 from tests.test_jobs import user_id, wait_for_job
@@ -91,7 +93,7 @@ async def eventually_no_uploads(services, seconds=10.0):
 @pytest.mark.gen_test(timeout=300)
 async def test_a_100000_row_import_shows_progress_and_imports_every_row(api, services, worker):
     token = await api.register("alice")
-    count = imports.MAX_IMPORT_ROWS
+    count = importing.MAX_IMPORT_ROWS
     data = csv_file([[f"todo {i}", "true" if i % 10 == 0 else "false"] for i in range(count)])
     assert 1_000_000 < len(data) < MAX_UPLOAD
     worker.start()
@@ -263,18 +265,18 @@ async def test_rows_sharing_a_line_are_each_imported_once(api, services, worker)
 @pytest.mark.gen_test(timeout=120)
 async def test_more_errors_than_listed_are_all_in_the_report(api, worker):
     token = await api.register("alice")
-    count = 2 * imports.MAX_LISTED_ERRORS + 10
+    count = 2 * importing.MAX_LISTED_ERRORS + 10
     rows = [["" if i % 2 else f"row {i}", "false"] for i in range(count)]
     worker.start()
     queued = await start_import(api, token, csv_file(rows))
     done = await wait_for_job(api, token, queued["id"])
     result = done["result"]
-    assert (result["imported"], result["rejected"]) == (imports.MAX_LISTED_ERRORS + 5,
-                                                        imports.MAX_LISTED_ERRORS + 5)
-    assert len(result["errors"]) == imports.MAX_LISTED_ERRORS
+    assert (result["imported"], result["rejected"]) == (importing.MAX_LISTED_ERRORS + 5,
+                                                        importing.MAX_LISTED_ERRORS + 5)
+    assert len(result["errors"]) == importing.MAX_LISTED_ERRORS
     assert result["errors"][0] == {"row": 2, "line": 3, "error": "content must not be empty"}
     report = (await api.get(done["result_url"], token=token)).body.decode().splitlines()
-    assert len(report) == 1 + imports.MAX_LISTED_ERRORS + 5
+    assert len(report) == 1 + importing.MAX_LISTED_ERRORS + 5
     assert report[-1] == f"{len(rows)},{len(rows) + 1},content must not be empty"
 
 
@@ -338,8 +340,8 @@ FIRST_TRY = SimpleNamespace(request=SimpleNamespace(retries=0), max_retries=5)  
 
 
 @pytest.fixture
-def worker_clients(settings) -> Iterator[tasks.WorkerClients]:
-    clients = tasks.WorkerClients(settings)
+def worker_clients(settings) -> Iterator[WorkerClients]:
+    clients = WorkerClients(settings)
     yield clients
     clients.close()
 
@@ -351,7 +353,7 @@ async def test_an_import_run_again_from_any_point_imports_each_row_once(
     """The worker died half-way (here: in the middle of pass 2) and the job is delivered again:
     the second run skips what the first inserted and still counts those rows as imported."""
     token = await api.register("alice")
-    count = 3 * imports.BATCH + 17
+    count = 3 * importing.BATCH + 17
     data = csv_file([[f"todo {i}", "false"] for i in range(count)])
     queued = await start_import(api, token, data)  # no worker: it stays queued
     job_id = ObjectId(queued["id"])
@@ -360,23 +362,23 @@ async def test_an_import_run_again_from_any_point_imports_each_row_once(
         pass
 
     def die_after_two_batches(done, total):
-        if done >= 2 * imports.BATCH:
+        if done >= 2 * importing.BATCH:
             raise WorkerDied
 
     records = worker_clients.db["jobs"]
-    job = await asyncio.to_thread(jobs.mark_running, records, job_id, attempt=ObjectId())
+    job = await asyncio.to_thread(job_records.mark_running, records, job_id, attempt=ObjectId())
     with pytest.raises(WorkerDied):
         await asyncio.to_thread(
-            imports.run, worker_clients.db, job, upload_id=job[jobs.IMPORT_FILE],
+            importing.run, worker_clients.db, job, upload_id=job[jobs.IMPORT_FILE],
             report_id=ObjectId(), progress=die_after_two_batches,
         )
     owner = await user_id(services, "alice")
-    assert await services.db["todos"].count_documents({"owner": owner}) == 2 * imports.BATCH
+    assert await services.db["todos"].count_documents({"owner": owner}) == 2 * importing.BATCH
 
     # Its lease runs out; the sweeper queues it again, and a worker takes it.
     await services.db["jobs"].update_one(
         {"_id": job_id}, {"$set": {"lease_until": jobs.utc_now() - timedelta(seconds=1)}})
-    requeued = await asyncio.to_thread(jobs.requeue_interrupted, records)
+    requeued = await asyncio.to_thread(job_records.requeue_interrupted, records)
     assert (requeued["_id"], requeued["status"]) == (job_id, jobs.QUEUED)
     result = await asyncio.to_thread(tasks.run_job, FIRST_TRY, worker_clients, str(job_id),
                                      tasks.import_todos)
@@ -545,7 +547,7 @@ async def test_a_client_that_goes_away_mid_upload_leaves_nothing(api, services, 
 @pytest.mark.parametrize(
     ("data", "filename", "error"),
     [
-        (b"content\n" + b"x\n" * (imports.MAX_IMPORT_ROWS + 1), "big.csv",
+        (b"content\n" + b"x\n" * (importing.MAX_IMPORT_ROWS + 1), "big.csv",
          "the file has more than 100000 rows; split it into smaller files"),
         (b'"content"', "string.json",
          "a JSON import must be an array of objects, or one object per line (JSON Lines)"),
@@ -618,7 +620,7 @@ async def test_an_import_whose_queue_is_down_keeps_no_file(mongo_uri, redis_url)
 def test_import_keys_never_look_like_a_client_idempotency_key():
     from server.domain.validation import IDEMPOTENCY_KEY_PATTERN
 
-    key = imports.import_key("ab" * 32, 7)  # the 7th row
+    key = importing.import_key("ab" * 32, 7)  # the 7th row
     assert not IDEMPOTENCY_KEY_PATTERN.fullmatch(key)
     assert key == f"import\t{'ab' * 32}\t7"
 
@@ -632,10 +634,10 @@ def test_every_way_a_file_is_cut_into_chunks_reads_the_same_rows():
         ("json", BAD_JSON_LINES),
     ]
     for fmt, data in samples:
-        whole = [(r.line, r.todo, r.error) for r in imports.rows(fmt, [data])]
+        whole = [(r.line, r.todo, r.error) for r in import_formats.rows(fmt, [data])]
         for size in range(1, 24):
             pieces = [data[i:i + size] for i in range(0, len(data), size)]
-            assert [(r.line, r.todo, r.error) for r in imports.rows(fmt, pieces)] == whole
+            assert [(r.line, r.todo, r.error) for r in import_formats.rows(fmt, pieces)] == whole
 
 
 def test_a_multipart_boundary_split_anywhere_is_parsed_the_same(io_loop, services):
@@ -662,8 +664,8 @@ def test_a_multipart_boundary_split_anywhere_is_parsed_the_same(io_loop, service
 @pytest.mark.parametrize(
     ("fmt", "data", "error"),
     [
-        ("csv", b"content\n" + b"x" * (imports.MAX_ROW_CHARS + 10),
-         f"line 2 is longer than {imports.MAX_ROW_CHARS} characters"),
+        ("csv", b"content\n" + b"x" * (import_formats.MAX_ROW_CHARS + 10),
+         f"line 2 is longer than {import_formats.MAX_ROW_CHARS} characters"),
         ("csv", b"content,content\nx,y\n", "column 'content' appears twice in the CSV header"),
         ("json", b" \n\t", "the file holds no JSON, only white space"),
         ("json", b'[{"content": "a"}]\n\n[]', "the file is not valid JSON at line 3: unexpected"
@@ -672,20 +674,20 @@ def test_a_multipart_boundary_split_anywhere_is_parsed_the_same(io_loop, service
          "the file is not valid JSON at line 1: expected ',' or ']'"),
         ("json", b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]",
          "the JSON element at line 1 is nested too deeply"),
-        ("json", b'[\n{"content": "' + b"x" * (imports.MAX_ROW_CHARS + 10),
+        ("json", b'[\n{"content": "' + b"x" * (import_formats.MAX_ROW_CHARS + 10),
          "the file is not valid JSON at line 2: Unterminated string starting at"),
     ],
 )
 def test_files_that_cannot_be_read_say_why(fmt, data, error):
     pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
-    with pytest.raises(imports.ImportFileError) as raised:
-        list(imports.rows(fmt, pieces))
+    with pytest.raises(import_formats.ImportFileError) as raised:
+        list(import_formats.rows(fmt, pieces))
     assert str(raised.value) == error
 
 
 def test_json_lines_rows_that_are_too_deep_or_empty_are_rejected_rows():
     data = b'{"content": "a"}\n' + b"[" * 100_000 + b"]" * 100_000 + b'\n[]\n{"content": "b"}'
-    found = [(r.number, r.line, r.error) for r in imports.rows("json", [data])]
+    found = [(r.number, r.line, r.error) for r in import_formats.rows("json", [data])]
     assert found == [(1, 1, None), (2, 2, "not valid JSON: nested too deeply"),
                      (3, 3, "the row is not a JSON object"), (4, 4, None)]
 
@@ -694,13 +696,13 @@ def test_json_lines_rows_that_are_too_deep_or_empty_are_rejected_rows():
 async def test_a_row_inserted_between_look_up_and_insert_is_a_duplicate(services):
     """What a concurrent import of the same file does: the unique index refuses the second."""
     owner = ObjectId()
-    rows = [imports.Row(1, validation.TodoImport("same"), None, 1)] * 2
+    rows = [import_formats.Row(1, validation.TodoImport("same"), None, 1)] * 2
     older = jobs.utc_now() - timedelta(seconds=1)
-    batch = [imports._document(owner, row, "ab" * 32, moment)
+    batch = [importing._document(owner, row, "ab" * 32, moment)
              for row, moment in zip(rows, [older, jobs.utc_now()], strict=True)]
     with MongoClient(services.settings.mongo_uri, tz_aware=True) as mongo:
         todos = mongo[services.settings.db_name]["todos"]
-        assert await asyncio.to_thread(imports._insert, todos, owner, batch) == (1, 1)
+        assert await asyncio.to_thread(importing._insert, todos, owner, batch) == (1, 1)
         assert todos.count_documents({"owner": owner}) == 1
 
 
@@ -723,14 +725,14 @@ async def test_a_damaged_upload_fails_the_job(api, services, worker_clients):
 @pytest.mark.gen_test(timeout=60)
 async def test_an_import_the_sweeper_gives_up_keeps_no_upload(api, services, worker_clients):
     """Its worker died once too often: the job fails, and no attempt will read the file."""
-    from server import sweeper
+    from server.worker import sweeper
 
     token = await api.register("alice")
     queued = await start_import(api, token, csv_file([["a", "false"]]))
     await services.db["jobs"].update_one({"_id": ObjectId(queued["id"])}, {"$set": {
         "status": jobs.RUNNING, "attempt": ObjectId(),
         "lease_until": jobs.utc_now() - timedelta(seconds=1),
-        "interruptions": jobs.MAX_INTERRUPTIONS - 1,
+        "interruptions": job_records.MAX_INTERRUPTIONS - 1,
     }})
     assert await stored_uploads(services) != (0, 0)
     claimed = await asyncio.to_thread(sweeper.sweep, None, worker_clients.db["jobs"])

@@ -21,9 +21,11 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from scripts.local_services import free_port
-from server import jobs, tasks
+from server.domain import jobs
 from server.infra import queue
 from server.infra.settings import PROJECT_ROOT, Settings
+from server.worker import tasks
+from server.worker.clients import WorkerClients
 from tests.conftest import TEST_SECRET, another_instance, error_of, make_settings
 from tests.test_openapi import assert_matches
 
@@ -55,7 +57,7 @@ class Worker:
     def start(self) -> None:
         # solo: the task runs in the worker process itself, whose coverage is then measured.
         command = [
-            sys.executable, "-m", "celery", "-A", "server.worker", "worker", "--pool=solo",
+            sys.executable, "-m", "celery", "-A", "server.worker.main", "worker", "--pool=solo",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             f"--hostname=test-{uuid.uuid4().hex[:8]}@%h",
         ]
@@ -300,7 +302,7 @@ def test_a_job_whose_retries_ran_out_is_recorded_failed(mongo_uri, redis_url):
     records the failure; earlier attempts leave it to Celery's retry."""
     settings = make_settings(mongo_uri, f"redis://127.0.0.1:{free_port()}/0",
                              redis_timeout=0.2)
-    clients = tasks.WorkerClients(settings)
+    clients = WorkerClients(settings)
     with MongoClient(mongo_uri, tz_aware=True) as mongo:
         records = mongo[settings.db_name]["jobs"]
         try:

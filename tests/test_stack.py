@@ -466,7 +466,7 @@ def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
     settings = dict(line.split(" = ", 1) for line in section.strip().splitlines()
                     if " = " in line and not line.startswith(";"))
     celery = load_celery_config()
-    assert "-m celery -A server.worker worker" in settings["command"]
+    assert "-m celery -A server.worker.main worker" in settings["command"]
     assert "--hostname=todo@%%h" in settings["command"]
     assert settings["stopsignal"] == "TERM"
     assert int(settings["stopwaitsecs"]) > celery.LONGEST_JOB_SECONDS

@@ -15,8 +15,11 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from server import jobs, sweeper, tasks
+from server.domain import jobs
 from server.infra.settings import Settings
+from server.worker import records as job_records
+from server.worker import sweeper, tasks
+from server.worker.clients import WorkerClients
 from tests.test_jobs import create, finished_days_ago, user_id, wait_for_job
 from tests.test_jobs import worker as worker  # the fixture, shared
 
@@ -63,7 +66,7 @@ async def test_a_queued_job_whose_message_was_lost_is_published_again(
     token = await api.register("alice")
     owner = await user_id(services, "alice")
     lost = jobs.new_job(owner, "purge", {"older_than_days": 1})
-    lost["queued_at"] -= timedelta(seconds=jobs.REQUEUE_AFTER_SECONDS + 1)
+    lost["queued_at"] -= timedelta(seconds=job_records.REQUEUE_AFTER_SECONDS + 1)
     records.insert_one(lost)  # and no message: the broker lost it
     worker.start()
     done = await wait_for_job(api, token, str(lost["_id"]))
@@ -72,9 +75,10 @@ async def test_a_queued_job_whose_message_was_lost_is_published_again(
 
 def test_a_job_interrupted_too_often_is_failed_not_queued_again(settings, records):
     owner = ObjectId()
-    again = running_job(records, owner, lease_ago=1, interruptions=jobs.MAX_INTERRUPTIONS - 2)
+    again = running_job(records, owner, lease_ago=1,
+                        interruptions=job_records.MAX_INTERRUPTIONS - 2)
     given_up = running_job(records, owner, lease_ago=1,
-                           interruptions=jobs.MAX_INTERRUPTIONS - 1)
+                           interruptions=job_records.MAX_INTERRUPTIONS - 1)
     alive = running_job(records, owner, lease_ago=-20)
     published: list[str] = []
     app = SimpleNamespace(send_task=lambda name, args, task_id: published.append(task_id))
@@ -88,14 +92,14 @@ def test_a_job_interrupted_too_often_is_failed_not_queued_again(settings, record
     assert published == [str(again["_id"])]
     assert notified == claimed  # both owners hear of it: one queued again, one failed
     failed = records.find_one({"_id": given_up["_id"]})
-    assert failed["error"] == jobs.INTERRUPTED
+    assert failed["error"] == job_records.INTERRUPTED
     assert records.find_one({"_id": alive["_id"]})["status"] == jobs.RUNNING
     # Claimed once: the next sweep finds nothing more to do.
     assert sweeper.sweep(app, records) == []  # type: ignore[arg-type]
 
 
 def test_a_duplicate_message_leaves_a_job_running_on_a_live_worker_alone(settings, records):
-    clients = tasks.WorkerClients(settings)
+    clients = WorkerClients(settings)
     try:
         busy = running_job(records, ObjectId(), lease_ago=-20)
         attempt = SimpleNamespace(request=SimpleNamespace(retries=0), max_retries=5)
@@ -111,9 +115,9 @@ def test_a_running_attempt_keeps_its_lease_alive(settings, records):
     with tasks.LeaseKeeper(records, doc["_id"], attempt, every=0.05):
         time.sleep(0.5)
         renewed = records.find_one({"_id": doc["_id"]})["lease_until"]
-    assert renewed > doc["lease_until"] + timedelta(seconds=jobs.LEASE_SECONDS - 5)
+    assert renewed > doc["lease_until"] + timedelta(seconds=job_records.LEASE_SECONDS - 5)
     # Another attempt's keeper renews nothing.
-    assert not jobs.renew_lease(records, doc["_id"], ObjectId())
+    assert not job_records.renew_lease(records, doc["_id"], ObjectId())
 
 
 def test_the_sweepers_queries_use_an_index(settings, records):

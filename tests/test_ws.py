@@ -20,7 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from scripts.local_services import free_port, redis_server
-from server import jobs
+from server.domain import jobs
 from server.domain.tokens import TokenService
 from server.infra import notifications
 from server.infra.settings import PROJECT_ROOT

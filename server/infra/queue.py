@@ -1,7 +1,9 @@
-"""The Celery application: built from settings by a factory, with no client created on import.
+"""The job queue: the Celery app built from settings by a factory, with no client created on
+import, and the functions that put a job on the queue.
 
-Web instances and workers build their own app. An instance only publishes jobs; a worker runs
-them (`celery -A server.worker worker`, where the module-level app for the command lives).
+Web instances and workers build their own app. An instance only publishes jobs, through
+`enqueue`; a worker runs them with an app that server/worker/app.py builds on this one
+(`celery -A server.worker.main worker`, where the module-level app for the command lives).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def load_celery_config() -> ModuleType:
     return module
 
 
-def make_celery(settings: Settings, *, worker: bool = False) -> Celery:
-    """A Celery app on the settings' broker; `worker` also registers the tasks to run.
+def make_celery(settings: Settings, *, results: bool = False) -> Celery:
+    """A Celery app on the settings' broker, with no task registered; `results` gives it the
+    settings' result backend (a worker's app: server/worker/app.py).
 
     A web instance gets no result backend: it never reads Celery's results (the job records in
     MongoDB are the truth), and with one, every published job would subscribe the instance to
@@ -43,16 +46,10 @@ def make_celery(settings: Settings, *, worker: bool = False) -> Celery:
     app = Celery(
         "todo",
         broker=settings.broker_url,
-        backend=settings.result_backend if worker else None,
+        backend=settings.result_backend if results else None,
         set_as_current=False,
     )
     app.config_from_object(load_celery_config())
-    if worker:
-        # The tasks and the sweeper import the synchronous clients only workers need.
-        from server import sweeper, tasks
-
-        tasks.register(app, settings)
-        sweeper.install(app, settings)
     return app
 
 

@@ -1,7 +1,8 @@
-"""Export files: a user's todos written to GridFS (bucket `exports`) by a worker, and read back
-in chunks by a web instance. Neither side ever holds the whole list or file in memory.
+"""Export files, on the worker's side: a user's todos written to GridFS (bucket `exports`) in
+the job's format, a batch at a time, never the whole list or file in memory.
 
-The worker writes with pymongo's synchronous GridFS; instances read with the asynchronous one.
+The worker writes with pymongo's synchronous GridFS; instances read the file back with the
+asynchronous one (server/domain/job_files.py).
 """
 
 from __future__ import annotations
@@ -10,33 +11,20 @@ import contextlib
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bson import ObjectId
-from gridfs import AsyncGridFSBucket, GridFSBucket, NoFile
-from gridfs.asynchronous.grid_file import AsyncGridOut
-from pymongo.asynchronous.database import AsyncDatabase
+from gridfs import GridFSBucket, NoFile
 from pymongo.database import Database
 
+from server.domain.job_files import BUCKET, filename
 from server.domain.todos import LIST_ORDER, PUBLIC_FIELDS, public_todo
 
-BUCKET = "exports"
 CSV_FIELDS = ("id", "content", "created_at", "is_finished", "finished_at")
-CONTENT_TYPES = {"json": "application/json; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 # Rows per MongoDB batch and per GridFS write; progress is recorded every PROGRESS_EVERY rows.
 BATCH = 1000
 PROGRESS_EVERY = 2000
-
-
-def filename(job_id: ObjectId, fmt: str) -> str:
-    return f"todos-{job_id}.{fmt}"
-
-
-def report_filename(job_id: ObjectId) -> str:
-    """An import's report of the rows it rejected (CSV `line,error`), kept in this bucket too."""
-    return f"import-errors-{job_id}.csv"
 
 
 def _csv_row(todo: dict[str, Any]) -> list[str]:
@@ -123,33 +111,3 @@ def write_export(
 def _closing(found: Any) -> Iterable[dict[str, Any]]:
     with found:
         yield from found
-
-
-@dataclass
-class ExportFile:
-    """An export ready to send: its headers and a chunk-by-chunk reader."""
-
-    stream: AsyncGridOut
-    content_type: str
-    filename: str
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            while chunk := await self.stream.readchunk():
-                yield chunk
-        finally:
-            await self.stream.close()
-
-
-async def open_export(
-    db: AsyncDatabase[dict[str, Any]], *, file_id: ObjectId, job_id: ObjectId, fmt: str
-) -> ExportFile:
-    stream = await AsyncGridFSBucket(db, bucket_name=BUCKET).open_download_stream(file_id)
-    return ExportFile(stream, CONTENT_TYPES[fmt], filename(job_id, fmt))
-
-
-async def open_report(
-    db: AsyncDatabase[dict[str, Any]], *, file_id: ObjectId, job_id: ObjectId
-) -> ExportFile:
-    stream = await AsyncGridFSBucket(db, bucket_name=BUCKET).open_download_stream(file_id)
-    return ExportFile(stream, CONTENT_TYPES["csv"], report_filename(job_id))

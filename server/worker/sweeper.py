@@ -23,12 +23,13 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from server import exports, imports, jobs
-from server.domain import upload_files
+from server.domain import jobs, upload_files
 from server.infra import queue
 from server.infra.clock import utc_now
 from server.infra.settings import Settings
-from server.tasks import WorkerClients
+from server.worker import exporting, importing
+from server.worker.clients import WorkerClients
+from server.worker.records import JobListener, expire_file, requeue_interrupted, requeue_stale
 
 log = logging.getLogger("todo.sweeper")
 
@@ -42,22 +43,22 @@ MAX_CLAIMS = 100
 
 
 def sweep(app: Celery, records: Collection[dict[str, Any]], *,
-          notify: jobs.JobListener | None = None) -> list[dict[str, Any]]:
+          notify: JobListener | None = None) -> list[dict[str, Any]]:
     """One pass: every claimed job, queued again (and published) or failed for good; its
     owner is told (`notify`) when its state changed."""
     claimed = []
-    for claim in (jobs.requeue_interrupted, jobs.requeue_stale):
+    for claim in (requeue_interrupted, requeue_stale):
         for _ in range(MAX_CLAIMS):
             job = claim(records)
             if job is None:
                 break
             claimed.append(job)
-            if notify is not None and claim is jobs.requeue_interrupted:
+            if notify is not None and claim is requeue_interrupted:
                 notify(job)
             if job["status"] == jobs.FAILED:
                 log.warning("job %s: %s", job["_id"], job["error"])
                 if job.get(jobs.IMPORT_FILE) is not None:  # no attempt will read it any more
-                    imports.discard_upload(records.database, job[jobs.IMPORT_FILE])
+                    importing.discard_upload(records.database, job[jobs.IMPORT_FILE])
                 continue
             log.warning("job %s: queued again (its worker stopped, or its message was lost)",
                         job["_id"])
@@ -73,10 +74,10 @@ def expire_files(records: Collection[dict[str, Any]]) -> int:
     """Delete the files of finished jobs past their keeping time; how many."""
     expired = 0
     for _ in range(MAX_CLAIMS):
-        job = jobs.expire_file(records)
+        job = expire_file(records)
         if job is None:
             break
-        exports.discard(records.database, job[jobs.EXPORT_FILE])
+        exporting.discard(records.database, job[jobs.EXPORT_FILE])
         expired += 1
     return expired
 
@@ -92,7 +93,7 @@ def drop_abandoned_uploads(db: Database[dict[str, Any]]) -> int:
             {jobs.IMPORT_FILE: file_id, "status": {"$in": [jobs.QUEUED, jobs.RUNNING]}}
         )
         if reader is None:
-            imports.discard_upload(db, file_id)
+            importing.discard_upload(db, file_id)
             dropped += 1
     return dropped
 

@@ -1,8 +1,5 @@
-"""The Celery tasks, all in this module, and the synchronous clients the workers run them with.
-
-A worker is not an event loop: it uses pymongo's `MongoClient` and redis-py's `Redis`. They
-are opened in the process that runs the task, on first use, so a prefork child never uses
-connections inherited across the fork.
+"""The Celery tasks, all in this module, run with the synchronous clients of
+server/worker/clients.py.
 
 Every task is safe to run twice: a message is acknowledged only once its task has finished,
 so a worker that dies half-way leaves it to be delivered again.
@@ -11,7 +8,6 @@ so a worker that dies half-way leaves it to be delivered again.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -19,18 +15,29 @@ from typing import Any, Protocol
 from bson import ObjectId
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from pymongo import MongoClient
 from pymongo.collection import Collection
-from pymongo.database import Database
 from pymongo.errors import AutoReconnect, NetworkTimeout, PyMongoError
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server import exports, imports, jobs
+from server.domain import jobs
 from server.infra import notifications
 from server.infra.cache import VERSION_TTL, first_page_keys, new_version
 from server.infra.settings import Settings
+from server.worker import exporting, importing
+from server.worker.clients import WorkerClients
+from server.worker.import_formats import ImportFileError
+from server.worker.records import (
+    LEASE_RENEW_SECONDS,
+    mark_done,
+    mark_failed,
+    mark_running,
+    release_lease,
+    renew_lease,
+    set_export_file,
+    set_progress,
+)
 
 log = logging.getLogger("todo.tasks")
 
@@ -39,64 +46,6 @@ log = logging.getLogger("todo.tasks")
 TRANSIENT = (AutoReconnect, NetworkTimeout, RedisConnectionError, RedisTimeoutError)
 MAX_RETRIES = 5
 RETRY_BACKOFF_MAX = 60
-
-
-class WorkerClients:
-    """The synchronous MongoDB and Redis clients of one worker process."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._pid = 0
-        self._mongo: MongoClient[dict[str, Any]] | None = None
-        self._redis: Redis | None = None
-        # Live notifications to the job's owner: best effort, never a reason to fail or retry.
-        self.events = notifications.WorkerPublisher(
-            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
-        )
-
-    def _open(self) -> None:
-        if self._pid == os.getpid():
-            return
-        # Opened after a fork: the parent's clients (if any) are not ours to use or close.
-        self._pid = os.getpid()
-        self._mongo = MongoClient(
-            self.settings.mongo_uri,
-            serverSelectionTimeoutMS=self.settings.mongo_timeout_ms,
-            connectTimeoutMS=self.settings.mongo_timeout_ms,
-            socketTimeoutMS=self.settings.mongo_op_timeout_ms,
-            w="majority",
-            journal=True,
-            tz_aware=True,
-            appname="todo-worker",
-        )
-        self._redis = Redis.from_url(
-            self.settings.redis_url,
-            socket_timeout=self.settings.redis_timeout,
-            socket_connect_timeout=self.settings.redis_timeout,
-        )
-
-    def close(self) -> None:
-        if self._pid == os.getpid() and self._mongo is not None and self._redis is not None:
-            self._mongo.close()
-            self._redis.close()
-        self._pid, self._mongo, self._redis = 0, None, None
-        self.events.close()
-
-    @property
-    def db(self) -> Database[dict[str, Any]]:
-        self._open()
-        assert self._mongo is not None
-        return self._mongo[self.settings.db_name]
-
-    @property
-    def redis(self) -> Redis:
-        self._open()
-        assert self._redis is not None
-        return self._redis
-
-    def job_changed(self, doc: dict[str, Any]) -> None:
-        """Tell the job's owner its new state (the `notify` of server.jobs' changes)."""
-        self.events.publish(doc["owner"], notifications.job_changed(jobs.public_job(doc)))
 
 
 class Job(Protocol):
@@ -128,9 +77,9 @@ def new_result_file(clients: WorkerClients, job: dict[str, Any]) -> ObjectId:
     before its first chunk is written. A redelivery deletes the file of the attempt before (or
     the chunks of an upload it never closed), so a job never has two results."""
     if job.get(jobs.EXPORT_FILE) is not None:
-        exports.discard(clients.db, job[jobs.EXPORT_FILE])
+        exporting.discard(clients.db, job[jobs.EXPORT_FILE])
     file_id = ObjectId()
-    jobs.set_export_file(clients.db["jobs"], job["_id"], file_id)
+    set_export_file(clients.db["jobs"], job["_id"], file_id)
     return file_id
 
 
@@ -139,7 +88,7 @@ class LeaseKeeper:
     is busy (one long MongoDB call, say) is never taken for the job of a dead worker."""
 
     def __init__(self, records: Collection[dict[str, Any]], job_id: ObjectId,
-                 attempt: ObjectId, *, every: float = jobs.LEASE_RENEW_SECONDS) -> None:
+                 attempt: ObjectId, *, every: float = LEASE_RENEW_SECONDS) -> None:
         self.records, self.job_id, self.attempt, self.every = records, job_id, attempt, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
@@ -147,7 +96,7 @@ class LeaseKeeper:
     def _renew(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                if not jobs.renew_lease(self.records, self.job_id, self.attempt):
+                if not renew_lease(self.records, self.job_id, self.attempt):
                     return  # finished, failed, or (after a long outage) taken by another
             except PyMongoError as exc:
                 log.warning("job %s: could not renew its lease: %s", self.job_id, exc)
@@ -169,12 +118,12 @@ def purge(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     doomed = {"owner": owner, "is_finished": True, "finished_at": {"$lt": cutoff}}
     todos = clients.db["todos"]
     notify = clients.job_changed
-    jobs.set_progress(records, job_id, done=0, total=todos.count_documents(doomed), notify=notify)
+    set_progress(records, job_id, done=0, total=todos.count_documents(doomed), notify=notify)
     deleted = todos.delete_many(doomed).deleted_count
     bulk_change(clients, owner, notifications.PURGED, deleted)
-    jobs.set_progress(records, job_id, done=deleted, total=deleted, notify=notify)
+    set_progress(records, job_id, done=deleted, total=deleted, notify=notify)
     result = {"deleted": deleted}
-    jobs.mark_done(records, job_id, result=result, notify=notify)
+    mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: purged %d todos of %s", job_id, deleted, owner)
     return result
 
@@ -186,16 +135,16 @@ def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     file_id = new_result_file(clients, job)
     total = clients.db["todos"].count_documents({"owner": owner})
     notify = clients.job_changed
-    jobs.set_progress(records, job_id, done=0, total=total, notify=notify)
-    rows = exports.write_export(
+    set_progress(records, job_id, done=0, total=total, notify=notify)
+    rows = exporting.write_export(
         clients.db, owner=owner, job_id=job_id, fmt=fmt, file_id=file_id,
-        progress=lambda done: jobs.set_progress(records, job_id, done=done, total=total,
+        progress=lambda done: set_progress(records, job_id, done=done, total=total,
                                                 notify=notify),
     )
     # Todos created or deleted while it ran: the file is the truth.
-    jobs.set_progress(records, job_id, done=rows, total=rows, notify=notify)
+    set_progress(records, job_id, done=rows, total=rows, notify=notify)
     result = {"rows": rows, "format": fmt, "file_id": str(file_id)}
-    jobs.mark_done(records, job_id, result=result, notify=notify)
+    mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: exported %d todos of %s as %s", job_id, rows, owner, fmt)
     return result
 
@@ -206,19 +155,19 @@ def import_todos(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     report_id = new_result_file(clients, job)
     notify = clients.job_changed
     try:
-        result = imports.run(
+        result = importing.run(
             clients.db, job, upload_id=job[jobs.IMPORT_FILE], report_id=report_id,
-            progress=lambda done, total: jobs.set_progress(records, job_id, done=done,
+            progress=lambda done, total: set_progress(records, job_id, done=done,
                                                            total=total, notify=notify),
         )
-    except imports.ImportFileError as exc:
+    except ImportFileError as exc:
         # The file itself is wrong: nothing was imported, and another try would not help.
-        jobs.mark_failed(records, job_id, error=str(exc), notify=notify)
+        mark_failed(records, job_id, error=str(exc), notify=notify)
         log.info("job %s: import refused: %s", job_id, exc)
         return {"error": str(exc)}
     owner = job["owner"]
     bulk_change(clients, owner, notifications.IMPORTED, result["imported"])
-    jobs.mark_done(records, job_id, result=result, notify=notify)
+    mark_done(records, job_id, result=result, notify=notify)
     log.info("job %s: imported %d todos of %s (%d duplicates, %d rejected)", job_id,
              result["imported"], owner, result["duplicates"], result["rejected"])
     return result
@@ -233,7 +182,7 @@ def drop_finished_upload(clients: WorkerClients, job_id: str) -> None:
             {"_id": ObjectId(job_id), "status": {"$in": [jobs.DONE, jobs.FAILED]}}
         )
         if job is not None and job.get(jobs.IMPORT_FILE) is not None:
-            imports.discard_upload(clients.db, job[jobs.IMPORT_FILE])
+            importing.discard_upload(clients.db, job[jobs.IMPORT_FILE])
     except PyMongoError:
         log.warning("job %s: could not delete its uploaded file", job_id, exc_info=True)
 
@@ -249,7 +198,7 @@ def failure_message(exc: BaseException) -> str:
 
 def _record_failure(clients: WorkerClients, job_id: ObjectId, exc: BaseException) -> None:
     try:
-        jobs.mark_failed(clients.db["jobs"], job_id, error=failure_message(exc),
+        mark_failed(clients.db["jobs"], job_id, error=failure_message(exc),
                          notify=clients.job_changed)
     except PyMongoError:
         log.exception("job %s: could not record its failure", job_id)
@@ -261,7 +210,7 @@ def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[s
     worker (a redelivery racing the sweeper) does nothing."""
     oid, attempt = ObjectId(job_id), ObjectId()
     records = clients.db["jobs"]
-    job = jobs.mark_running(records, oid, attempt=attempt, notify=clients.job_changed)
+    job = mark_running(records, oid, attempt=attempt, notify=clients.job_changed)
     if job is None:
         log.warning("job %s: finished, unknown or running elsewhere; nothing to do", job_id)
         return {}
@@ -282,7 +231,7 @@ def run_job(task: Any, clients: WorkerClients, job_id: str, work: Job) -> dict[s
 
 def _release(records: Collection[dict[str, Any]], job_id: ObjectId, attempt: ObjectId) -> None:
     try:
-        jobs.release_lease(records, job_id, attempt)
+        release_lease(records, job_id, attempt)
     except PyMongoError:
         log.warning("job %s: could not release its lease; it is taken again once it runs out",
                     job_id)

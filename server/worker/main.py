@@ -1,4 +1,4 @@
-"""The worker's entry point: `celery -A server.worker worker`.
+"""The worker's entry point: `celery -A server.worker.main worker`.
 
 The one module-level app of the project, because Celery's command line imports one: it is
 built from the settings the environment and conf file give (TODO_*, as for the server). The
@@ -7,7 +7,7 @@ app opens no connection until the worker starts; the tasks open theirs on first 
 
 from __future__ import annotations
 
-from server.infra.queue import make_celery
 from server.infra.settings import load_settings
+from server.worker.app import make_worker_app
 
-app = make_celery(load_settings(), worker=True)
+app = make_worker_app(load_settings())
