@@ -16,10 +16,10 @@ from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthoriz
 from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import INVALID_TOKEN, Principal
-from server.inflight import InFlight
 from server.infra import logs
-from server.metrics import Metrics
-from server.services import Services
+from server.web.inflight import InFlight
+from server.web.metrics import Metrics
+from server.web.services import Services
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"

@@ -29,8 +29,8 @@ from server.domain.errors import (
     Unauthorized,
 )
 from server.domain.tokens import INVALID_TOKEN, Principal
-from server.hub import Hub
 from server.infra import notifications
+from server.web.hub import Hub
 
 from .base import APIHandler
 

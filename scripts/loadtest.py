@@ -26,7 +26,7 @@ from scripts.seed import seed
 from scripts.stack import DEFAULT_VAR, StackConfig, StackError
 from server.domain.users import UserStore
 from server.infra.settings import Settings
-from server.services import mongo_client
+from server.web.services import mongo_client
 
 # A request slower than this counts as a socket error (timeout) in the table.
 WRK_TIMEOUT = "10s"

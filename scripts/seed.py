@@ -23,7 +23,7 @@ from server.domain.errors import ApiError
 from server.domain.validation import credentials
 from server.infra.clock import utc_now
 from server.infra.settings import Settings
-from server.services import open_services
+from server.web.services import open_services
 
 
 async def seed(

@@ -27,11 +27,11 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from scripts.local_services import LocalServer, free_port, redis_server
-from server.app import make_app
 from server.domain.indexes import ensure_indexes
 from server.domain.tokens import TokenService
 from server.infra.settings import Settings
-from server.services import Services, mongo_client, open_services
+from server.web.app import make_app
+from server.web.services import Services, mongo_client, open_services
 from tests.conftest import Api, Reply, error_of, make_settings
 
 PASSWORD = "correct horse"

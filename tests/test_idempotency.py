@@ -10,8 +10,8 @@ import pytest
 from bson import ObjectId
 from tornado.httputil import HTTPHeaders
 
-from server.app import OPENAPI_FILE
 from server.domain.todos import new_todo
+from server.web.app import OPENAPI_FILE
 from tests.conftest import another_instance, error_of
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -10,7 +10,7 @@ from prometheus_client.samples import Sample
 
 from scripts.local_services import free_port
 from server.infra.settings import Settings
-from server.metrics import Metrics, route_label
+from server.web.metrics import Metrics, route_label
 from tests.conftest import Api, another_instance, error_of, make_settings
 
 MISSING_ID = "0123456789abcdef01234567"

@@ -14,7 +14,7 @@ from tornado.web import Application, RequestHandler
 
 from handlers import accounts, health, jobs, metrics, todos, ws
 from handlers.base import APIHandler
-from server.app import OPENAPI_FILE
+from server.web.app import OPENAPI_FILE
 
 HANDLER_MODULES = (todos, jobs, accounts, health, metrics, ws)
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")

@@ -29,8 +29,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "jobs": [
         IndexModel([("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
                    name="owner_created_at"),
-        # The sweeper's three questions (server/sweeper.py): leases run out, jobs queued too
-        # long, exports past their keeping time.
+        # The sweeper's three questions (server/worker/sweeper.py): leases run out, jobs queued
+        # too long, exports past their keeping time.
         IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="status_lease"),
         IndexModel([("status", ASCENDING), ("queued_at", ASCENDING)], name="status_queued_at"),
         IndexModel([("status", ASCENDING), ("finished_at", ASCENDING)],

@@ -41,8 +41,8 @@ EXPIRED = (
     "start a new job to get another"
 )
 # Private: the GridFS file (bucket `exports`) the current attempt writes to: an export's file
-# (see worker/tasks.export), an import's report of rejected rows (see
-# worker/tasks.import_todos).
+# (see server/worker/tasks.py: export), an import's report of rejected rows (see
+# server/worker/tasks.py: import_todos).
 EXPORT_FILE = "export_file"
 # Private: an import's uploaded file (bucket `imports`), deleted once the job has finished.
 IMPORT_FILE = "import_file"

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from tornado.web import RequestHandler
 
-from server.services import Services
+from server.web.services import Services
 
 UNMATCHED = "unmatched"
 # Label values must stay few: a client can send any method and any path, so both are mapped

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import uvloop
 from tornado.httpserver import HTTPServer
 
-from server.app import make_app
-from server.inflight import InFlight
 from server.infra import logs
 from server.infra.settings import Settings, SettingsError, load_settings
-from server.services import open_services
+from server.web.app import make_app
+from server.web.inflight import InFlight
+from server.web.services import open_services
 
 log = logging.getLogger("todo")
 

@@ -18,12 +18,12 @@ from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import TokenService
 from server.domain.users import UserStore
-from server.hub import Hub
 from server.infra import queue
 from server.infra.cache import PageCache
 from server.infra.notifications import Publisher
 from server.infra.redis_guard import RedisGuard
 from server.infra.settings import Settings
+from server.web.hub import Hub
 
 
 def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:

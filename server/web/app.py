@@ -9,12 +9,13 @@ from tornado.web import Application, RequestHandler
 
 from handlers import accounts, health, jobs, metrics, todos, ws
 from handlers.base import NotFoundHandler
-from server.inflight import InFlight
 from server.infra import logs
-from server.metrics import Metrics
-from server.services import Services
+from server.web.inflight import InFlight
+from server.web.metrics import Metrics
+from server.web.services import Services
 
-OPENAPI_FILE = Path(__file__).with_name("openapi.json")
+# It stays in server/, where setup.cfg's package_data ships it.
+OPENAPI_FILE = Path(__file__).resolve().parents[1] / "openapi.json"
 
 
 def request_finished(metrics: Metrics, handler: RequestHandler) -> None:

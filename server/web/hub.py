@@ -9,6 +9,8 @@ When Redis drops, the reader reconnects with backoff and subscribes again to eve
 that still has sockets; once Redis confirms a channel, each of its sockets is sent `resync`
 (messages published meanwhile are lost: the client refetches). Redis is checked with a PING
 whenever the connection has been quiet for a while, so a hung server is noticed too.
+
+What the hub keeps per channel, needs of a socket, and reads from is in server/web/channels.py.
 """
 
 from __future__ import annotations
@@ -18,18 +20,16 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from bson import ObjectId
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from server.infra import notifications
 from server.infra.redis_guard import REDIS_FAILURES
 from server.infra.settings import Settings
+from server.web.channels import Channel, Subscriber, channel_text, close_quietly, pubsub_client
 
 log = logging.getLogger("todo.hub")
 
@@ -39,42 +39,6 @@ MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 GOING_AWAY = 1001
 
 
-class Subscriber(Protocol):
-    """What the hub needs of a socket (handlers/ws.py)."""
-
-    needs_resync: bool
-
-    @property
-    def user_id(self) -> ObjectId: ...
-    @property
-    def token_id(self) -> str: ...
-
-    @property
-    def queued(self) -> int: ...
-
-    def deliver(self, data: str) -> None: ...
-    def shut(self, code: int, reason: str) -> None: ...
-
-
-@dataclass(eq=False)
-class _Channel:
-    sockets: set[Subscriber] = field(default_factory=set)
-    subscribed: bool = False  # a SUBSCRIBE was sent on the current connection, no UNSUBSCRIBE
-    sent: int = 0  # SUBSCRIBEs sent on the current connection
-    acked: int = 0  # ... and confirmed by Redis (replies come in order)
-    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
-
-
-def pubsub_client(settings: Settings) -> Redis:
-    """A connection of its own (never one of the request pool's): it blocks reading."""
-    return Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),  # the hub reconnects itself, and knows when it did
-    )
-
-
 class Hub:
     def __init__(
         self, settings: Settings, *, client: Callable[[], Redis] | None = None
@@ -82,7 +46,7 @@ class Hub:
         self.prefix = settings.redis_prefix
         self.confirm_timeout = settings.redis_timeout
         self._new_client = client or (lambda: pubsub_client(settings))
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, Channel] = {}
         self._open: set[Subscriber] = set()
         self._closed_event = asyncio.Event()
         self._pubsub: PubSub | None = None
@@ -123,7 +87,7 @@ class Hub:
         self._open.add(socket)
         self._closed_event.clear()
         name = self.channel(socket.user_id)
-        state = self._channels.setdefault(name, _Channel())
+        state = self._channels.setdefault(name, Channel())
         state.sockets.add(socket)
         self._start_reader()
         waiter = await self._sync(name)
@@ -269,11 +233,11 @@ class Hub:
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "subscribe":
-            self._acknowledged(_text(event["channel"]))
+            self._acknowledged(channel_text(event["channel"]))
             return
         if kind != "message":
             return
-        state = self._channels.get(_text(event["channel"]))
+        state = self._channels.get(channel_text(event["channel"]))
         if state is None or not state.sockets:
             return
         data: bytes = event["data"]
@@ -303,7 +267,7 @@ class Hub:
             if not state.sockets:
                 del self._channels[name]
         if pubsub is not None and client is not None:
-            self._spawn(_close_quietly(pubsub, client))
+            self._spawn(close_quietly(pubsub, client))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -330,14 +294,3 @@ class Hub:
             await asyncio.gather(self._reader, return_exceptions=True)
         self._drop_connection()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def _close_quietly(pubsub: PubSub, client: Redis) -> None:
-    with contextlib.suppress(*REDIS_FAILURES):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    with contextlib.suppress(*REDIS_FAILURES):
-        await client.aclose()
