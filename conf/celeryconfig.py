@@ -30,7 +30,7 @@ task_annotations = {
     "todo.import": {"soft_time_limit": 1140, "time_limit": 1200},
 }
 # The longest any job may run: the bound the visibility timeout and the supervisor's
-# stopwaitsecs (scripts/stack.py) must exceed.
+# stopwaitsecs (scripts/stack/config.py) must exceed.
 LONGEST_JOB_SECONDS = max(
     task_time_limit, *(limits["time_limit"] for limits in task_annotations.values())
 )

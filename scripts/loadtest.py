@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.seed import seed
-from scripts.stack import DEFAULT_VAR, StackConfig, StackError
+from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError
 from server.domain.users import UserStore
 from server.infra.settings import Settings
 from server.web.services import mongo_client

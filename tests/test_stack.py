@@ -24,8 +24,10 @@ from pymongo import MongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from scripts import stack
-from scripts.local_services import alive, free_port
+from scripts.local_services import alive, free_port, port_in_use
+from scripts.stack import commands
+from scripts.stack.config import StackConfig, StackError
+from scripts.stack.supervisor import Supervisor
 from tests.conftest import Api, error_of
 from tests.stack_load import Load
 from tests.test_import import MULTIPART, csv_file, form
@@ -34,34 +36,34 @@ from tests.test_import import MULTIPART, csv_file, form
 def consecutive_free_ports(count: int) -> int:
     for _ in range(100):
         base = free_port()
-        if all(not stack.port_in_use(base + i) for i in range(count)) and base + count < 65536:
+        if all(not port_in_use(base + i) for i in range(count)) and base + count < 65536:
             return base
     raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.StackConfig]:
-    config = stack.StackConfig(
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    config = StackConfig(
         var=str(tmp_path_factory.mktemp("stack") / "var"), instances=2,
         base_port=consecutive_free_ports(2), http_port=free_port(), https_port=free_port(),
         mongo_port=free_port(), redis_port=free_port(), broker_port=free_port(),
         db_name="todo_stack_test",
         rate_limit=20, rate_limit_burst=20,
     )
-    stack.up(config)
+    commands.up(config)
     yield config
-    stack.down(config)
+    commands.down(config)
 
 
 @pytest.fixture
-def api(cfg: stack.StackConfig) -> Iterator[Api]:
+def api(cfg: StackConfig) -> Iterator[Api]:
     client = Api(cfg.base_url)
     yield client
     client.close()
 
 
-def instance_pid(cfg: stack.StackConfig, port: int) -> int:
-    return int(stack.Supervisor(cfg).ctl("pid", f"todo:todo_{port}").strip())
+def instance_pid(cfg: StackConfig, port: int) -> int:
+    return int(Supervisor(cfg).ctl("pid", f"todo:todo_{port}").strip())
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -225,7 +227,7 @@ async def test_a_killed_instance_loses_no_read_and_no_acknowledged_write(cfg, ap
           f"instance back after {back_after - killed_at:.2f}s")
 
 
-async def wait_until_back(cfg: stack.StackConfig, port: int, old_pid: int) -> float:
+async def wait_until_back(cfg: StackConfig, port: int, old_pid: int) -> float:
     """Supervisor restarted the instance (new pid) and it answers /readyz; returns when."""
     direct = Api(f"http://127.0.0.1:{port}")
     try:
@@ -234,7 +236,7 @@ async def wait_until_back(cfg: stack.StackConfig, port: int, old_pid: int) -> fl
                 if (instance_pid(cfg, port) != old_pid
                         and (await direct.get("/readyz", request_timeout=2)).status == 200):
                     return time.monotonic()
-            except (ConnectionError, ValueError, stack.StackError):
+            except (ConnectionError, ValueError, StackError):
                 pass
             await asyncio.sleep(0.05)
     finally:
@@ -242,7 +244,7 @@ async def wait_until_back(cfg: stack.StackConfig, port: int, old_pid: int) -> fl
     raise AssertionError(f"todo_{port} did not come back")
 
 
-def assert_exactly_once(cfg: stack.StackConfig, writes: dict[str, str]) -> None:
+def assert_exactly_once(cfg: StackConfig, writes: dict[str, str]) -> None:
     with MongoClient(cfg.mongo_uri) as client:
         todos = client[cfg.db_name]["todos"]
         counts = {content: todos.count_documents({"content": content}) for content in writes}
@@ -259,7 +261,7 @@ async def test_a_rolling_restart_under_load_fails_no_request(cfg, api):
     warm_shutdowns = worker_log.read_text().count("worker: Warm shutdown")
     running = asyncio.ensure_future(load.run(seconds=60, until_stopped=True))
     await asyncio.sleep(2)
-    await asyncio.to_thread(stack.rolling_restart, cfg)
+    await asyncio.to_thread(commands.rolling_restart, cfg)
     # The worker too (new code), after a warm shutdown: its log says so.
     assert program_pid(cfg, "celery") not in (0, old_worker)
     assert worker_log.read_text().count("worker: Warm shutdown") == warm_shutdowns + 1
@@ -296,7 +298,7 @@ async def test_sigterm_lets_a_slow_request_finish(cfg, api):
     )
     in_flight = asyncio.ensure_future(client.fetch(request, raise_error=False))
     await started.wait()
-    supervisor = stack.Supervisor(cfg)
+    supervisor = Supervisor(cfg)
     stopping = asyncio.ensure_future(asyncio.to_thread(supervisor.ctl, "stop", f"todo:todo_{port}"))
     await asyncio.sleep(1)
     release.set()
@@ -343,15 +345,15 @@ async def wait_for_jobs(api, token, job_ids, *, seconds=120.0):
     return final
 
 
-def program_pid(cfg: stack.StackConfig, program: str) -> int:
-    return int(stack.Supervisor(cfg).ctl("pid", program).strip())
+def program_pid(cfg: StackConfig, program: str) -> int:
+    return int(Supervisor(cfg).ctl("pid", program).strip())
 
 
 @pytest.mark.gen_test(timeout=240)
 async def test_queued_jobs_survive_a_kill_9_of_the_queues_redis(cfg, api):
     """Jobs acknowledged with 202 while no worker runs, then the queue's Redis dies without a
     chance to save anything: once it is back (supervisor) and a worker starts, all run."""
-    supervisor = stack.Supervisor(cfg)
+    supervisor = Supervisor(cfg)
     token = await api.register("queue_crash")
     await asyncio.to_thread(supervisor.ctl, "stop", "celery")
     try:
@@ -416,7 +418,7 @@ async def test_a_worker_killed_mid_import_finishes_it_once_supervisor_restarts_i
           f"{time.monotonic() - killed_at:.1f}s after the kill")
 
 
-async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
+async def kill_the_queues_redis(cfg: StackConfig) -> None:
     """kill -9 the job queue's Redis; returns once supervisor has it answering again."""
     old_pid = program_pid(cfg, "broker")
     os.kill(old_pid, signal.SIGKILL)
@@ -425,7 +427,7 @@ async def kill_the_queues_redis(cfg: stack.StackConfig) -> None:
             try:
                 if program_pid(cfg, "broker") not in (0, old_pid) and broker.ping():
                     return
-            except (redis.ConnectionError, ValueError, stack.StackError):
+            except (redis.ConnectionError, ValueError, StackError):
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("the queue's Redis did not come back")
@@ -472,33 +474,33 @@ def test_the_worker_is_supervised_with_a_warm_shutdown(cfg):
     assert int(settings["stopwaitsecs"]) > celery.LONGEST_JOB_SECONDS
     assert celery.broker_transport_options["visibility_timeout"] > celery.LONGEST_JOB_SECONDS
     assert f"TODO_BROKER_URL=\"redis://127.0.0.1:{cfg.broker_port}/0\"" in settings["environment"]
-    status = stack.Supervisor(cfg).ctl("status", "celery")
+    status = Supervisor(cfg).ctl("status", "celery")
     assert "RUNNING" in status, status
     assert "ready." in cfg.path("log", "celery.log").read_text()
 
 
 def test_up_again_is_harmless_and_a_taken_port_is_named(cfg, capsys):
-    stack.up(cfg)
+    commands.up(cfg)
     assert "already running" in capsys.readouterr().out
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        other = stack.StackConfig(var=str(Path(cfg.var).parent / "other"), instances=1,
+        other = StackConfig(var=str(Path(cfg.var).parent / "other"), instances=1,
                                   http_port=port, https_port=free_port(),
                                   base_port=free_port(), mongo_port=free_port(),
                                   redis_port=free_port(), broker_port=free_port())
         taken_message = f"port {port} \\(nginx HTTP\\) is already in use"
-        with pytest.raises(stack.StackError, match=taken_message):
-            stack.up(other)
+        with pytest.raises(StackError, match=taken_message):
+            commands.up(other)
 
 
 def test_zz_down_leaves_no_process_of_the_stack(cfg):
-    pids = stack.Supervisor(cfg).all_pids()
+    pids = Supervisor(cfg).all_pids()
     # mongod, nginx, redis, the queue's redis, two instances, celery, supervisord
     assert len(pids) == 8
-    stack.down(cfg)
+    commands.down(cfg)
     assert [pid for pid in pids if alive(pid)] == []
     for port in [cfg.http_port, cfg.https_port, *cfg.ports, cfg.mongo_port, cfg.redis_port,
                  cfg.broker_port]:
-        assert not stack.port_in_use(port)
+        assert not port_in_use(port)
