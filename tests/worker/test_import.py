@@ -21,11 +21,11 @@ from server.infra.settings import PROJECT_ROOT
 from server.worker import import_formats, importing, sweeper, tasks
 from server.worker import records as job_records
 from server.worker.clients import WorkerClients
+from tests.api.test_openapi import assert_matches
 from tests.conftest import another_instance, error_of, make_settings
-from tests.test_export import all_pages
-from tests.test_jobs import user_id, wait_for_job
-from tests.test_jobs import worker as worker  # the fixture, shared
-from tests.test_openapi import assert_matches
+from tests.worker.test_export import all_pages
+from tests.worker.test_jobs import user_id, wait_for_job
+from tests.worker.test_jobs import worker as worker  # the fixture, shared
 
 SPEC = json.loads((PROJECT_ROOT / "server" / "openapi.json").read_text())
 BOUNDARY = "----todo-test-7MA4YWxkTrZu0gW"

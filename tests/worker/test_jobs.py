@@ -26,8 +26,8 @@ from server.infra import queue
 from server.infra.settings import PROJECT_ROOT, Settings
 from server.worker import tasks
 from server.worker.clients import WorkerClients
+from tests.api.test_openapi import assert_matches
 from tests.conftest import TEST_SECRET, another_instance, error_of, make_settings
-from tests.test_openapi import assert_matches
 
 SPEC = json.loads((PROJECT_ROOT / "server" / "openapi.json").read_text())
 

@@ -29,8 +29,8 @@ from scripts.stack import commands
 from scripts.stack.config import StackConfig, StackError
 from scripts.stack.supervisor import Supervisor
 from tests.conftest import Api, error_of
-from tests.stack_load import Load
-from tests.test_import import MULTIPART, csv_file, form
+from tests.stack.stack_load import Load
+from tests.worker.test_import import MULTIPART, csv_file, form
 
 
 def consecutive_free_ports(count: int) -> int:

@@ -17,8 +17,8 @@ import pytest
 from scripts.local_services import free_port
 from server.infra import logs
 from tests.conftest import Api, error_of, make_settings
-from tests.test_main import server_env, wait_until_healthy
-from tests.test_metrics import serving, without_mongodb
+from tests.infra.test_metrics import serving, without_mongodb
+from tests.web.test_main import server_env, wait_until_healthy
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

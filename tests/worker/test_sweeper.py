@@ -20,8 +20,8 @@ from server.infra.settings import Settings
 from server.worker import records as job_records
 from server.worker import sweeper, tasks
 from server.worker.clients import WorkerClients
-from tests.test_jobs import create, finished_days_ago, user_id, wait_for_job
-from tests.test_jobs import worker as worker  # the fixture, shared
+from tests.worker.test_jobs import create, finished_days_ago, user_id, wait_for_job
+from tests.worker.test_jobs import worker as worker  # the fixture, shared
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ from server.domain import jobs
 from server.domain.tokens import TokenService
 from server.infra import notifications
 from server.infra.settings import PROJECT_ROOT
+from tests.api.test_openapi import assert_matches
 from tests.conftest import TEST_SECRET, Api, another_instance, error_of, make_settings
-from tests.test_jobs import create, finished_days_ago, worker  # noqa: F401
-from tests.test_main import instance, wait_until_healthy  # noqa: F401
-from tests.test_openapi import assert_matches
+from tests.web.test_main import instance, wait_until_healthy  # noqa: F401
+from tests.worker.test_jobs import create, finished_days_ago, worker  # noqa: F401
 
 SPEC = json.loads((PROJECT_ROOT / "server" / "openapi.json").read_text())
 WAIT = 30.0  # the longest any single expected message or state may take to show up

@@ -16,10 +16,10 @@ from server.domain import jobs
 from server.infra.settings import PROJECT_ROOT
 from server.worker import exporting, sweeper, tasks
 from server.worker.clients import WorkerClients
+from tests.api.test_openapi import assert_matches
 from tests.conftest import error_of, make_settings
-from tests.test_jobs import create, purge, user_id, wait_for_job
-from tests.test_jobs import worker as worker  # the fixture, shared
-from tests.test_openapi import assert_matches
+from tests.worker.test_jobs import create, purge, user_id, wait_for_job
+from tests.worker.test_jobs import worker as worker  # the fixture, shared
 
 SPEC = json.loads((PROJECT_ROOT / "server" / "openapi.json").read_text())
 COUNT = 2500
