@@ -1,4 +1,4 @@
-"""Celery's configuration for the Todo API workers (loaded by server/celery_app.py).
+"""Celery's configuration for the Todo API workers (loaded by server/infra/queue.py).
 
 Broker and result backend URLs are not here: they are settings (broker_url, result_backend,
 TODO_BROKER_URL, TODO_RESULT_BACKEND) like every other address the service uses.
@@ -30,7 +30,7 @@ task_annotations = {
     "todo.import": {"soft_time_limit": 1140, "time_limit": 1200},
 }
 # The longest any job may run: the bound the visibility timeout and the supervisor's
-# stopwaitsecs (scripts/stack.py) must exceed.
+# stopwaitsecs (scripts/stack/config.py) must exceed.
 LONGEST_JOB_SECONDS = max(
     task_time_limit, *(limits["time_limit"] for limits in task_annotations.values())
 )

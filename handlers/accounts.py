@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server import validation
+from server.domain import validation
 
 from .base import APIHandler
 

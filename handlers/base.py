@@ -14,14 +14,14 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server import logs
-from server.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
-from server.inflight import InFlight
-from server.jobs import JobStore
-from server.metrics import Metrics
-from server.services import Services
-from server.todos import TodoStore
-from server.tokens import INVALID_TOKEN, Principal
+from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.jobs import JobStore
+from server.domain.todos import TodoStore
+from server.domain.tokens import INVALID_TOKEN, Principal
+from server.infra import logs
+from server.web.inflight import InFlight
+from server.web.metrics import Metrics
+from server.web.services import Services
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"

@@ -6,33 +6,33 @@ from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 
-from server import jobs, uploads, validation
-from server.uploads import ImportUpload
+from server.domain import import_form, jobs, uploads, validation
+from server.domain.uploads import ImportUpload
 
 from .base import APIHandler
 
 
 class JobListHandler(APIHandler):
     """`POST /jobs` takes JSON, or for an import a multipart/form-data upload: the one body
-    allowed to be large, streamed to GridFS as it arrives (server/uploads.py)."""
+    allowed to be large, streamed to GridFS as it arrives (server/domain/uploads.py)."""
 
     upload: ImportUpload | None = None
 
     @property
     def is_upload(self) -> bool:
-        return self.request.method == "POST" and uploads.is_upload(
+        return self.request.method == "POST" and import_form.is_upload(
             self.request.headers.get("Content-Type")
         )
 
     @property
     def body_limit(self) -> int:
         if self.is_upload:
-            return uploads.body_limit(self.services.settings.max_upload_size)
+            return import_form.body_limit(self.services.settings.max_upload_size)
         return super().body_limit
 
     def too_large_message(self) -> str:
         if self.is_upload:
-            return uploads.too_large_message(self.services.settings.max_upload_size)
+            return import_form.too_large_message(self.services.settings.max_upload_size)
         return super().too_large_message()
 
     async def prepare(self) -> None:
@@ -41,8 +41,8 @@ class JobListHandler(APIHandler):
             return
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
-            connection.set_max_body_size(self.body_limit + uploads.CHUNKED_SLACK)
-            connection.set_body_timeout(uploads.BODY_TIMEOUT)
+            connection.set_max_body_size(self.body_limit + import_form.CHUNKED_SLACK)
+            connection.set_body_timeout(import_form.BODY_TIMEOUT)
         self.upload = ImportUpload(
             self.services.db, owner=self.user_id,
             content_type=self.request.headers["Content-Type"],

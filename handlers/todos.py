@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
-from server import validation
-from server.validation import DEFAULT_LIMIT, ListQuery
+from server.domain import validation
+from server.domain.validation import DEFAULT_LIMIT, ListQuery
 
 from .base import APIHandler
 

@@ -1,4 +1,5 @@
-"""GET /ws: the caller's live notifications over a WebSocket (shapes in server/notifications.py).
+"""GET /ws: the caller's live notifications over a WebSocket (their shapes are in
+server/infra/notifications.py).
 
 The token is checked before the upgrade, exactly as on the API (signature, expiry,
 revocation), from `Authorization: Bearer` or, for browsers, `?access_token=`; refusals are the
@@ -20,16 +21,16 @@ from urllib.parse import urlsplit
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from server import notifications
-from server.errors import (
+from server.domain.errors import (
     BadRequest,
     Forbidden,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
-from server.hub import Hub
-from server.tokens import INVALID_TOKEN, Principal
+from server.domain.tokens import INVALID_TOKEN, Principal
+from server.infra import notifications
+from server.web.hub import Hub
 
 from .base import APIHandler
 

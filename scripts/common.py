@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from server.settings import Settings, SettingsError, load_settings
+from server.infra.settings import Settings, SettingsError, load_settings
 
 
 def script_settings(name: str, argv: Sequence[str]) -> Settings:

@@ -14,9 +14,9 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from scripts.common import script_settings
-from server.indexes import ensure_indexes, explain_list_query
-from server.services import mongo_client
-from server.settings import Settings
+from server.domain.indexes import ensure_indexes, explain_list_query
+from server.infra.settings import Settings
+from server.web.services import mongo_client
 
 
 def _index_names(plan: dict[str, Any]) -> list[str]:

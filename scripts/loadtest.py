@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.seed import seed
-from scripts.stack import DEFAULT_VAR, StackConfig, StackError
-from server.services import mongo_client
-from server.settings import Settings
-from server.users import user_id_by_name
+from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError
+from server.domain.users import user_id_by_name
+from server.infra.settings import Settings
+from server.web.services import mongo_client
 
 # A request slower than this counts as a socket error (timeout) in the table.
 WRK_TIMEOUT = "10s"

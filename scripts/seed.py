@@ -19,11 +19,11 @@ from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from scripts.common import script_settings
-from server.clock import utc_now
-from server.errors import ApiError
-from server.services import open_services
-from server.settings import Settings
-from server.validation import credentials
+from server.domain.errors import ApiError
+from server.domain.validation import credentials
+from server.infra.clock import utc_now
+from server.infra.settings import Settings
+from server.web.services import open_services
 
 
 async def seed(

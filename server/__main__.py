@@ -1,5 +1,5 @@
 """`python -m server --port 8001` starts one instance."""
 
-from server.main import main
+from server.web.main import main
 
 main()

@@ -27,10 +27,10 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application
 
 from scripts.local_services import LocalServer, free_port, mongod_server, redis_server
-from server.app import make_app
-from server.indexes import ensure_indexes
-from server.services import Services, mongo_client, open_services
-from server.settings import Settings
+from server.domain.indexes import ensure_indexes
+from server.infra.settings import Settings
+from server.web.app import make_app
+from server.web.services import Services, mongo_client, open_services
 
 TEST_SECRET = "test-secret-" + "x" * 40
 

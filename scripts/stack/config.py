@@ -1,0 +1,221 @@
+"""The stack's configuration: what `todo-stack up` was asked for (StackConfig, saved in
+var/stack.json), and the nginx and supervisord configs rendered from the templates in conf/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from scripts.local_services import find_mongod, find_redis_server
+from server.domain.import_form import body_limit as upload_body_limit
+from server.infra.queue import load_celery_config
+from server.infra.settings import PROJECT_ROOT
+
+CONF_DIR = PROJECT_ROOT / "conf"
+DEFAULT_VAR = PROJECT_ROOT / "var"
+DRAIN_SECONDS = 10
+WORKER_CONCURRENCY = 2
+
+
+class StackError(Exception):
+    """The stack cannot do what was asked; the message is one line for the operator."""
+
+
+@dataclass
+class StackConfig:
+    """What `up` was asked for; saved so that `down`, `status` and `restart` know it."""
+
+    var: str = str(DEFAULT_VAR)
+    instances: int = field(default_factory=lambda: os.cpu_count() or 1)
+    base_port: int = 8001
+    http_port: int = 8000
+    https_port: int = 8443
+    listen: str = "127.0.0.1"
+    mongo_port: int = 27017
+    redis_port: int = 6379
+    broker_port: int = 6380
+    external_mongo_uri: str = ""
+    external_redis_url: str = ""
+    external_broker_url: str = ""
+    db_name: str = "todo"
+    rate_limit: int = 50
+    rate_limit_burst: int = 100
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.1",)
+    max_body_size: int = 64 * 1024
+    # An import's file (the instances' max_upload_size default); nginx lets only /jobs have it.
+    max_upload_size: int = 50 * 1024 * 1024
+
+    @property
+    def root(self) -> Path:
+        return Path(self.var)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.base_port + i for i in range(self.instances)]
+
+    @property
+    def mongo_uri(self) -> str:
+        return self.external_mongo_uri or f"mongodb://127.0.0.1:{self.mongo_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.external_redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def broker_url(self) -> str:
+        """The job queue. Its own Redis by default: every write on disk before it is
+        acknowledged, never an eviction. Given only a Redis of one's own (TODO_REDIS_URL), its
+        database 1: never the cache's, which is flushed after an outage."""
+        if self.external_broker_url:
+            return self.external_broker_url
+        if self.external_redis_url:
+            return redis_db_url(self.external_redis_url, 1)
+        return f"redis://127.0.0.1:{self.broker_port}/0"
+
+    @property
+    def result_backend(self) -> str:
+        """Celery's results: the database after the queue's, on the same Redis."""
+        queue_db = int(urlsplit(self.broker_url).path.strip("/") or 0)
+        return redis_db_url(self.broker_url, queue_db + 1)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.listen}:{self.http_port}"
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def save(self) -> None:
+        self.path("stack.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, var: Path) -> StackConfig:
+        try:
+            values = json.loads((var / "stack.json").read_text())
+        except FileNotFoundError:
+            raise StackError(f"no stack set up in {var}; run `todo-stack up` first") from None
+        values["rate_limit_exempt"] = tuple(values["rate_limit_exempt"])
+        return cls(**values)
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """`url` naming database `db` instead of its own."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+def render(template: str, values: dict[str, object]) -> str:
+    """Fill `{{name}}` placeholders of conf/<template>; a missing value is an error."""
+    text = (CONF_DIR / template).read_text()
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise StackError(f"template {template} needs a value for {name!r}")
+        return str(values[name])
+
+    return re.sub(r"\{\{(\w+)\}\}", value, text)
+
+
+def _supervisor_value(text: str) -> str:
+    # supervisor expands %(name)s in its config: a literal % must be doubled.
+    return text.replace("%", "%%")
+
+
+def open_files_limit(wanted: int = 65536) -> int:
+    """As many open files as wanted, within the hard limit this machine allows."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not found:
+        raise StackError("no nginx: apt-get install -y nginx")
+    return found
+
+
+def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
+    """nginx.conf for the instances; those in `down` get no new requests (rolling restart)."""
+    servers = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=1s"
+        + (" down;" if port in down else ";")
+        for port in cfg.ports
+    )
+    exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
+    shared: dict[str, object] = {"rate_limit_burst": cfg.rate_limit_burst,
+                                 "upstream_tries": max(2, min(cfg.instances, 3))}
+    # Without the snippet's own two comment lines.
+    proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
+    return render("nginx.conf.in", {
+        **shared,
+        "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),
+        "nginx_temp": cfg.path("nginx-temp"), "listen": cfg.listen,
+        "http_port": cfg.http_port, "https_port": cfg.https_port,
+        "upstream_servers": servers, "rate_limit": cfg.rate_limit,
+        "rate_limit_exempt": exempt, "max_body_size": cfg.max_body_size,
+        "max_upload_size": cfg.max_upload_size,
+        "max_upload_body_size": upload_body_limit(cfg.max_upload_size), "proxy": proxy,
+        "open_files": open_files_limit(), "worker_connections": open_files_limit() // 2,
+    })
+
+
+def supervisord_conf(cfg: StackConfig) -> str:
+    common: dict[str, object] = {
+        "project_root": PROJECT_ROOT, "log_dir": cfg.path("log"), "run_dir": cfg.path("run"),
+        "python": sys.executable,
+    }
+    programs = []
+    if not cfg.external_mongo_uri:
+        programs.append(render("supervisor-mongod.conf.in", {
+            **common, "mongod": find_mongod(), "mongo_data": cfg.path("mongo"),
+            "mongo_port": cfg.mongo_port,
+        }))
+    if not cfg.external_redis_url:
+        programs.append(render("supervisor-redis.conf.in", {
+            **common, "program": "redis", "redis_server": find_redis_server(),
+            "redis_data": cfg.path("redis"), "redis_port": cfg.redis_port,
+            "role": "The cache, rate limits, revocation copies and pub/sub.",
+            "persistence": "--appendonly yes --appendfsync everysec",
+        }))
+    if not cfg.external_broker_url and not cfg.external_redis_url:
+        programs.append(render("supervisor-redis.conf.in", {
+            **common, "program": "broker", "redis_server": find_redis_server(),
+            "redis_data": cfg.path("broker"), "redis_port": cfg.broker_port,
+            "role": "The job queue: a queued job is on disk before POST /jobs answers 202 "
+                    "(fsync on every write), and a full queue refuses work rather than "
+                    "evicting jobs.",
+            "persistence": "--appendonly yes --appendfsync always --maxmemory-policy noeviction",
+        }))
+    addresses = {
+        "mongo_uri": _supervisor_value(cfg.mongo_uri),
+        "redis_url": _supervisor_value(cfg.redis_url),
+        "broker_url": _supervisor_value(cfg.broker_url),
+        "result_backend": _supervisor_value(cfg.result_backend),
+        "db_name": cfg.db_name, "secret_file": cfg.path("secret"),
+    }
+    for port in cfg.ports:
+        programs.append(render("supervisor-instance.conf.in", {
+            **common, **addresses, "port": port, "drain_seconds": DRAIN_SECONDS,
+            "stop_wait_seconds": DRAIN_SECONDS + 10,
+        }))
+    group = ",".join(f"todo_{port}" for port in cfg.ports)
+    programs.append(f"[group:todo]\nprograms = {group}\n")
+    programs.append(render("supervisor-celery.conf.in", {
+        **common, **addresses, "concurrency": WORKER_CONCURRENCY,
+        # A warm shutdown lets the running jobs finish: wait for the longest one, and more.
+        "stop_wait_seconds": load_celery_config().LONGEST_JOB_SECONDS + 60,
+    }))
+    programs.append(render("supervisor-nginx.conf.in", {
+        **common, "nginx": find_nginx(), "nginx_conf": cfg.path("run", "nginx.conf"),
+    }))
+    return render("supervisord.conf.in", {
+        **common, "programs": "\n".join(programs), "open_files": open_files_limit(),
+    })

@@ -1,0 +1,299 @@
+"""Settings: command-line options first, then `TODO_*` environment variables, then a conf file.
+
+Every option is declared once, with its help text naming its environment variable, and validated
+at start-up so that a bad value stops the process with one clear line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo import uri_parser
+from pymongo.errors import PyMongoError
+from redis.connection import parse_url as parse_redis_url
+from tornado.options import Error as OptionsError
+from tornado.options import OptionParser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONF_FILE = PROJECT_ROOT / "conf" / "todo.ini"
+DEFAULT_SECRET_FILE = PROJECT_ROOT / "var" / "secret"
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8001
+    address: str = "127.0.0.1"
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Other databases than the cache's: flushing the cache must not drop queued jobs.
+    broker_url: str = "redis://127.0.0.1:6379/1"
+    result_backend: str = "redis://127.0.0.1:6379/2"
+    db_name: str = "todo"
+    secret: str = ""
+    secret_file: str = str(DEFAULT_SECRET_FILE)
+    debug: bool = False
+    token_ttl: int = 86400
+    cache_ttl: int = 60
+    mongo_timeout_ms: int = 1000
+    mongo_op_timeout_ms: int = 10000
+    redis_timeout: float = 1.0
+    redis_prefix: str = "todo:"
+    max_body_size: int = 64 * 1024
+    # An import's file (POST /jobs as multipart/form-data): the one route with a large body.
+    max_upload_size: int = 50 * 1024 * 1024
+    shutdown_timeout: float = 10.0
+    xheaders: bool = False
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_queue_size: int = 256
+    ws_max_per_user: int = 20
+    ws_origins: str = ""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, bool: _parse_bool}
+
+# name -> (type, help). The env variable is TODO_<NAME>; the conf key is the name itself.
+OPTIONS: dict[str, tuple[type, str]] = {
+    "port": (int, "TCP port to listen on (TODO_PORT)"),
+    "address": (str, "address to bind; loopback by default (TODO_ADDRESS)"),
+    "mongo_uri": (str, "MongoDB connection URI (TODO_MONGO_URI)"),
+    "redis_url": (str, "Redis URL for the list cache and token revocations (TODO_REDIS_URL)"),
+    "broker_url": (str, "Redis URL of the Celery job queue; another database than redis_url's "
+                        "(TODO_BROKER_URL)"),
+    "result_backend": (str, "Redis URL where Celery keeps task results; another database than "
+                            "redis_url's (TODO_RESULT_BACKEND)"),
+    "db_name": (str, "MongoDB database name (TODO_DB_NAME)"),
+    "secret": (str, "token signing secret, >= 32 characters; generated into --secret-file "
+                    "when absent (TODO_SECRET)"),
+    "secret_file": (str, "where the generated secret is kept (TODO_SECRET_FILE)"),
+    "debug": (bool, "Tornado debug mode: autoreload and tracebacks in logs (TODO_DEBUG)"),
+    "token_ttl": (int, "bearer token lifetime in seconds (TODO_TOKEN_TTL)"),
+    "cache_ttl": (int, "first-page cache lifetime in seconds, before jitter (TODO_CACHE_TTL)"),
+    "mongo_timeout_ms": (int, "how long to look for a reachable MongoDB (server selection "
+                              "and connect) before answering 503, in ms (TODO_MONGO_TIMEOUT_MS)"),
+    "mongo_op_timeout_ms": (int, "how long a sent MongoDB operation may wait for its answer "
+                                 "(socket timeout), in ms (TODO_MONGO_OP_TIMEOUT_MS)"),
+    "redis_timeout": (float, "Redis connect and command timeout in seconds (TODO_REDIS_TIMEOUT)"),
+    "redis_prefix": (str, "prefix of every Redis key this service writes (TODO_REDIS_PREFIX)"),
+    "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),
+    "max_upload_size": (int, "largest accepted import file in bytes, uploaded to POST /jobs as "
+                             "multipart/form-data (TODO_MAX_UPLOAD_SIZE)"),
+    "shutdown_timeout": (float, "seconds in-flight requests get to finish on SIGTERM "
+                                "(TODO_SHUTDOWN_TIMEOUT)"),
+    "xheaders": (bool, "trust X-Real-IP / X-Forwarded-* (only behind nginx) (TODO_XHEADERS)"),
+    "ws_ping_interval": (float, "seconds between WebSocket pings to each client "
+                                "(TODO_WS_PING_INTERVAL)"),
+    "ws_ping_timeout": (float, "seconds a client has to answer a ping before its WebSocket is "
+                               "closed; at most ws_ping_interval (TODO_WS_PING_TIMEOUT)"),
+    "ws_queue_size": (int, "messages a WebSocket may have waiting to be sent; a client that "
+                           "falls further behind is disconnected (TODO_WS_QUEUE_SIZE)"),
+    "ws_max_per_user": (int, "open WebSockets one user may have on one instance "
+                             "(TODO_WS_MAX_PER_USER)"),
+    "ws_origins": (str, "comma-separated browser origins allowed to open WebSockets besides "
+                        "the API's own; * for any (TODO_WS_ORIGINS)"),
+}
+
+
+def _joined_values(argv: Sequence[str]) -> list[str]:
+    """Accept `--port 8001` as well as tornado's own `--port=8001`."""
+    joined: list[str] = []
+    pending: str | None = None
+    for arg in argv:
+        if pending is not None:
+            joined.append(f"{pending}={arg}")
+            pending = None
+            continue
+        name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        is_flag = name in OPTIONS and OPTIONS[name][0] is bool
+        if not arg.startswith("--") or "=" in arg or name not in (*OPTIONS, "conf"):
+            joined.append(arg)
+        elif is_flag:
+            joined.append(f"{arg}=true")  # a bare --debug switches it on
+        else:
+            pending = arg
+    if pending is not None:
+        joined.append(pending)  # tornado reports the missing value
+    return joined
+
+
+def _command_line(argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
+    """Parse argv into the options given explicitly (absent ones stay out of the result)."""
+    parser = OptionParser()
+    for name, (kind, help_text) in OPTIONS.items():
+        # Booleans are parsed by _parse_bool (tornado reads "--debug=no" as true).
+        parser.define(name, type=str if kind is bool else kind, default=None, help=help_text)
+    parser.define("conf", type=str, default=None,
+                  help="INI conf file with a [todo] section (TODO_CONF; default "
+                       f"{DEFAULT_CONF_FILE} when it exists)")
+    for arg in _joined_values(argv):  # one at a time, so an error names the argument at fault
+        try:
+            rest = parser.parse_command_line(["todo-server", arg], final=False)
+        except OptionsError as exc:
+            raise SettingsError(str(exc)) from None
+        except ValueError:
+            raise SettingsError(f"{arg}: value of the wrong type") from None
+        if rest:
+            raise SettingsError(f"unexpected argument {arg!r}; options look like --port=8001")
+    given = {
+        name: _convert(name, value, f"--{name.replace('_', '-')}") if OPTIONS[name][0] is bool
+        else value
+        for name, value in parser.as_dict().items()
+        if name in OPTIONS and value is not None
+    }
+    return given, parser.as_dict()["conf"]
+
+
+def _conf_file(path: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    chosen = path or env.get("TODO_CONF")
+    if chosen is None:
+        if not DEFAULT_CONF_FILE.exists():
+            return {}
+        chosen = str(DEFAULT_CONF_FILE)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(chosen, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise SettingsError(f"cannot read conf file {chosen}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise SettingsError(f"conf file {chosen} is not valid INI: {exc.message}") from None
+    if not parser.has_section("todo"):
+        if parser.sections():
+            raise SettingsError(f"conf file {chosen}: settings belong in a [todo] section, "
+                                f"found [{parser.sections()[0]}]")
+        return {}
+    values = dict(parser.items("todo"))
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise SettingsError(f"conf file {chosen}: unknown setting {unknown[0]!r}")
+    return values
+
+
+def _convert(name: str, raw: str, source: str) -> Any:
+    kind = OPTIONS[name][0]
+    try:
+        return _PARSERS[kind](raw)
+    except ValueError:
+        raise SettingsError(f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
+
+
+REDIS_URL_SETTINGS = ("redis_url", "broker_url", "result_backend")
+
+
+def _check_urls(values: dict[str, Any]) -> None:
+    """Parse every URL now, so a malformed one is a line at start-up, not a later traceback."""
+    try:
+        if values["mongo_uri"].startswith("mongodb://"):
+            uri_parser.parse_uri(values["mongo_uri"])
+    except (PyMongoError, ValueError) as exc:
+        raise SettingsError(f"mongo_uri is not a valid MongoDB URI: {exc}") from None
+    where: dict[str, tuple[Any, ...]] = {}
+    for name in REDIS_URL_SETTINGS:
+        try:
+            parsed = parse_redis_url(values[name])  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise SettingsError(f"{name} is not a valid Redis URL: {exc}") from None
+        # Which server and database, with redis-py's defaults filled in.
+        where[name] = (parsed.get("host", "localhost"), parsed.get("port", 6379),
+                       parsed.get("path"), int(parsed.get("db") or 0))
+    # The cache may be flushed (and is, after an outage): queued jobs must not go with it.
+    for name in ("broker_url", "result_backend"):
+        if where[name] == where["redis_url"]:
+            raise SettingsError(f"{name} must be another Redis database than redis_url's")
+
+
+def _validate(values: dict[str, Any]) -> None:
+    checks: list[tuple[bool, str]] = [
+        (1 <= values["port"] <= 65535, f"port must be 1-65535, got {values['port']}"),
+        (values["mongo_uri"].startswith(("mongodb://", "mongodb+srv://")),
+         "mongo_uri must start with mongodb:// or mongodb+srv://"),
+        *[(values[name].startswith(("redis://", "rediss://", "unix://")),
+           f"{name} must start with redis://, rediss:// or unix://")
+          for name in REDIS_URL_SETTINGS],
+        (bool(values["db_name"]) and not set(values["db_name"]) & set('/\\. "$'),
+         f"db_name {values['db_name']!r} is not a valid MongoDB database name"),
+        (values["token_ttl"] >= 60, "token_ttl must be at least 60 seconds"),
+        (values["cache_ttl"] >= 1, "cache_ttl must be at least 1 second"),
+        (values["mongo_timeout_ms"] >= 100, "mongo_timeout_ms must be at least 100"),
+        (values["mongo_op_timeout_ms"] >= values["mongo_timeout_ms"],
+         "mongo_op_timeout_ms must be at least mongo_timeout_ms"),
+        (values["redis_timeout"] > 0, "redis_timeout must be positive"),
+        (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
+        (values["max_upload_size"] >= 1024, "max_upload_size must be at least 1024 bytes"),
+        (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
+        (values["ws_ping_interval"] > 0, "ws_ping_interval must be positive"),
+        (0 < values["ws_ping_timeout"] <= values["ws_ping_interval"],
+         "ws_ping_timeout must be positive and at most ws_ping_interval"),
+        (values["ws_queue_size"] >= 1, "ws_queue_size must be at least 1"),
+        (values["ws_max_per_user"] >= 1, "ws_max_per_user must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SettingsError(message)
+    _check_urls(values)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read the signing secret kept in `path`, creating it (mode 0600) on first run."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(48)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        except FileExistsError:
+            # Another instance created it first: use theirs, so all instances sign alike.
+            return load_or_create_secret(path)
+        except OSError as exc:
+            raise SettingsError(f"cannot create secret file {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+    except OSError as exc:
+        raise SettingsError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return secret
+
+
+def load_settings(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from argv, then env, then the conf file, then the defaults."""
+    env = os.environ if env is None else env
+    given, conf_path = _command_line(argv)
+    conf = _conf_file(conf_path, env)
+    values: dict[str, Any] = {}
+    for name in OPTIONS:
+        env_name = f"TODO_{name.upper()}"
+        if name in given:
+            values[name] = given[name]
+        elif env.get(env_name, "") != "":
+            values[name] = _convert(name, env[env_name], env_name)
+        elif name in conf:
+            values[name] = _convert(name, conf[name], "conf file")
+        else:
+            values[name] = getattr(Settings, name)
+    _validate(values)
+    if not values["secret"]:
+        values["secret"] = load_or_create_secret(Path(values["secret_file"]))
+    if len(values["secret"]) < MIN_SECRET_LENGTH:
+        raise SettingsError(f"secret must be at least {MIN_SECRET_LENGTH} characters long")
+    return Settings(**values)

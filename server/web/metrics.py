@@ -1,0 +1,124 @@
+"""Prometheus metrics of one instance, in a registry of its own.
+
+A registry per application, not prometheus_client's global one: the tests build many
+applications in one process, and each must count only its own requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from tornado.web import RequestHandler
+
+from server.web.services import Services
+
+UNMATCHED = "unmatched"
+# Label values must stay few: a client can send any method and any path, so both are mapped
+# onto a fixed set (the route pattern, never the raw path).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+NAMED_GROUP = re.compile(r"\(\?P<(\w+)>[^()]*\)")
+
+
+def route_label(pattern: str) -> str:
+    """The route a Tornado pattern names: `/todo/(?P<todo_id>[^/]+)` is `/todo/{todo_id}`."""
+    return NAMED_GROUP.sub(r"{\1}", pattern.removesuffix("$"))
+
+
+class ServiceCollector(Collector):
+    """Counters the services keep themselves, read at scrape time."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        cache, redis = self.services.cache, self.services.redis
+        yield CounterMetricFamily(
+            "todo_cache_hits", "First-page reads answered from Redis.", value=cache.hits
+        )
+        yield CounterMetricFamily(
+            "todo_cache_misses", "First-page reads that found no page in Redis.",
+            value=cache.misses,
+        )
+        yield CounterMetricFamily(
+            "todo_redis_errors",
+            "Redis calls that failed or timed out (each was served without Redis).",
+            value=redis.errors,
+        )
+        hub = self.services.hub
+        yield GaugeMetricFamily(
+            "todo_ws_open_sockets", "Notification WebSockets open on this instance.",
+            value=hub.sockets,
+        )
+        yield GaugeMetricFamily(
+            "todo_ws_queued_messages",
+            "Notification messages waiting in the sockets' bounded queues.", value=hub.queued,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_messages_sent", "Notification messages written to WebSockets.",
+            value=hub.sent,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_slow_disconnects",
+            "WebSockets closed because their client fell a whole queue behind.",
+            value=hub.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            "todo_ws_redis_reconnects",
+            "Times the notification hub lost its Redis pub/sub connection and reconnected.",
+            value=hub.reconnects,
+        )
+        yield CounterMetricFamily(
+            "todo_notify_publish_failures",
+            "Notifications this instance could not publish (Redis down); the writes succeeded.",
+            value=self.services.events.failures,
+        )
+
+
+class Metrics:
+    def __init__(
+        self, services: Services, routes: Sequence[tuple[str, type[RequestHandler]]]
+    ) -> None:
+        self._routes: dict[type[RequestHandler], str] = {}
+        for pattern, handler in routes:
+            # The handler class names the route a request matched, so it must name only one.
+            if self._routes.setdefault(handler, route_label(pattern)) != route_label(pattern):
+                raise ValueError(f"{handler.__name__} serves more than one route")
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "todo_http_requests", "Finished HTTP requests.", ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "todo_http_request_duration_seconds",
+            "Time from the request's arrival to its last byte written.", ["route", "method"],
+            registry=self.registry,
+        )
+        self.mongo_errors = Counter(
+            "todo_mongodb_errors",
+            "Requests failed by a MongoDB error: kind=unavailable were answered 503.",
+            ["kind"], registry=self.registry,
+        )
+        for kind in ("unavailable", "other"):
+            self.mongo_errors.labels(kind)  # exported as 0 before the first error
+        self.registry.register(ServiceCollector(services))
+
+    def route_of(self, handler: RequestHandler) -> str:
+        return self._routes.get(type(handler), UNMATCHED)
+
+    def observe(self, handler: RequestHandler, route: str) -> None:
+        """Count one finished request and its duration."""
+        method = handler.request.method or ""
+        method = method if method in METHODS else "other"
+        self.requests.labels(route, method, str(handler.get_status())).inc()
+        self.duration.labels(route, method).observe(handler.request.request_time())
+
+    def mongo_error(self, *, unavailable: bool) -> None:
+        self.mongo_errors.labels("unavailable" if unavailable else "other").inc()
+
+    def exposition(self) -> bytes:
+        """Every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
