@@ -3,6 +3,11 @@
 Each test gets its own database and Redis key prefix, and the real application factory served
 over a real socket by pytest-tornado. TODO_MONGO_URI / TODO_REDIS_URL point the tests at
 servers of your own instead (nothing outside the test's database and prefix is touched).
+
+The API's contract tests (modules marked `contract`) run twice: against one instance, and
+through nginx in front of a whole supervised stack (`todo-stack up` on free ports, started
+once per session), where `settings` and `services` name the stack's own database and Redis.
+A test that cannot run through nginx says why with `@pytest.mark.instance_only(reason)`.
 """
 
 from __future__ import annotations
@@ -13,22 +18,31 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from pymongo import monitoring
+from pymongo import MongoClient, monitoring
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
-from scripts.local_services import LocalServer, free_port, mongod_server, redis_server
+from scripts.local_services import (
+    LocalServer,
+    free_port,
+    mongod_server,
+    port_in_use,
+    redis_server,
+)
+from scripts.stack import commands
+from scripts.stack.config import StackConfig
 from server.domain.indexes import ensure_indexes
-from server.infra.settings import Settings
+from server.infra.settings import Settings, load_or_create_secret
 from server.web.app import make_app
 from server.web.services import Services, mongo_client, open_services
 
@@ -92,8 +106,69 @@ def make_settings(mongo_uri: str, redis_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(mongo_uri: str, redis_url: str) -> Settings:
-    return make_settings(mongo_uri, redis_url)
+def settings(route: str, request: pytest.FixtureRequest) -> Settings:
+    if route == NGINX:
+        return stack_settings(request.getfixturevalue("nginx_stack"))
+    return make_settings(request.getfixturevalue("mongo_uri"), request.getfixturevalue("redis_url"))
+
+
+# -- the two routes of the contract tests ---------------------------------------------------
+INSTANCE, NGINX = "instance", "nginx"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Contract tests that talk to the API run through both routes."""
+    definition = metafunc.definition
+    if ("api" in metafunc.fixturenames and definition.get_closest_marker("contract")
+            and not definition.get_closest_marker("instance_only")):
+        metafunc.parametrize("route", [INSTANCE, NGINX], indirect=True)
+
+
+@pytest.fixture
+def route(request: pytest.FixtureRequest) -> str:
+    """How `api` reaches the service: one instance in the test's loop, or the stack's nginx."""
+    return str(getattr(request, "param", INSTANCE))
+
+
+def consecutive_free_ports(count: int) -> int:
+    for _ in range(100):
+        base = free_port()
+        if all(not port_in_use(base + i) for i in range(count)) and base + count < 65536:
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def stack_config(var: Path, db_name: str, **overrides: Any) -> StackConfig:
+    """A stack of two instances with its own servers, every port a free one."""
+    values: dict[str, Any] = {
+        "var": str(var), "instances": 2, "base_port": consecutive_free_ports(2),
+        "http_port": free_port(), "https_port": free_port(), "mongo_port": free_port(),
+        "redis_port": free_port(), "broker_port": free_port(), "db_name": db_name,
+    }
+    values.update(overrides)
+    return StackConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis."""
+    config = stack_config(tmp_path_factory.mktemp("nginx-stack") / "var", "todo_contract")
+    # On a thread of its own: `up` runs asyncio.run, which would unset the event loop of the
+    # test that first asks for the stack.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(commands.up, config).result()
+        yield config
+        thread.submit(commands.down, config).result()
+
+
+def stack_settings(cfg: StackConfig) -> Settings:
+    """The settings the stack's instances run with: tests see what they see."""
+    return Settings(
+        mongo_uri=cfg.mongo_uri, redis_url=cfg.redis_url, broker_url=cfg.broker_url,
+        result_backend=cfg.result_backend, db_name=cfg.db_name,
+        secret=load_or_create_secret(cfg.path("secret")),
+        max_body_size=cfg.max_body_size, max_upload_size=cfg.max_upload_size,
+    )
 
 
 class QueryCounter(monitoring.CommandListener):
@@ -113,9 +188,40 @@ class QueryCounter(monitoring.CommandListener):
         pass
 
 
+class ProfiledFinds:
+    """The `find` commands MongoDB ran on the todos collection, whoever sent them: read from
+    the database profiler, for instances in processes of their own (the stack's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client: MongoClient[dict[str, Any]] = MongoClient(settings.mongo_uri)
+        self.db = self.client[settings.db_name]
+        self.namespace = f"{settings.db_name}.todos"
+        self.db.command("profile", 0)
+        self.db.drop_collection("system.profile")
+        # Large enough that a test's operations never wrap the capped collection.
+        self.db.create_collection("system.profile", capped=True, size=16 * 1024 * 1024)
+        self.db.command("profile", 2)
+
+    @property
+    def finds(self) -> int:
+        return self.db["system.profile"].count_documents({"ns": self.namespace, "op": "query"})
+
+    def close(self) -> None:
+        self.db.command("profile", 0)
+        self.client.close()
+
+
 @pytest.fixture
-def query_counter() -> QueryCounter:
-    return QueryCounter()
+def query_counter(
+    route: str, request: pytest.FixtureRequest
+) -> Iterator[QueryCounter | ProfiledFinds]:
+    """Counts the list queries MongoDB receives, through either route."""
+    if route == NGINX:
+        profiled = ProfiledFinds(request.getfixturevalue("settings"))
+        yield profiled
+        profiled.close()
+    else:
+        yield QueryCounter()
 
 
 async def build_services(settings: Settings, listener: Any = None) -> Services:
@@ -150,14 +256,25 @@ async def another_instance(
         await services.close()
 
 
-def stop_services(io_loop: Any, services: Services) -> None:
+async def remove_test_data(services: Services, *, drop: bool = True) -> None:
+    """What a test stored, in MongoDB and under its Redis prefix. A database that a running
+    stack shares is emptied, not dropped: its instances made its indexes once, at start-up."""
+    if drop:
+        await services.mongo.drop_database(services.settings.db_name)
+    else:
+        for name in await services.db.list_collection_names():
+            if not name.startswith("system."):
+                await services.db[name].delete_many({})
+    pattern = f"{services.settings.redis_prefix}*"
+    keys = [k async for k in services.redis.client.scan_iter(pattern)]
+    if keys:
+        await services.redis.client.delete(*keys)
+
+
+def stop_services(io_loop: Any, services: Services, *, drop: bool = True) -> None:
     async def clean() -> None:
         try:
-            await services.mongo.drop_database(services.settings.db_name)
-            pattern = f"{services.settings.redis_prefix}*"
-            keys = [k async for k in services.redis.client.scan_iter(pattern)]
-            if keys:
-                await services.redis.client.delete(*keys)
+            await remove_test_data(services, drop=drop)
         finally:
             await services.close()
 
@@ -168,10 +285,17 @@ def stop_services(io_loop: Any, services: Services) -> None:
 
 
 @pytest.fixture
-def services(io_loop: Any, settings: Settings, query_counter: QueryCounter) -> Iterator[Services]:
-    services = start_services(io_loop, settings, query_counter)
+def services(
+    io_loop: Any, settings: Settings, route: str, request: pytest.FixtureRequest
+) -> Iterator[Services]:
+    shared = route == NGINX
+    # Direct, the instance is the test's own: its MongoDB client tells the query counter.
+    counter = None if shared else request.getfixturevalue("query_counter")
+    services = start_services(io_loop, settings, counter)
+    if shared:  # whatever an earlier test through the stack left
+        io_loop.run_sync(lambda: remove_test_data(services, drop=False), timeout=30)
     yield services
-    stop_services(io_loop, services)
+    stop_services(io_loop, services, drop=not shared)
 
 
 @pytest.fixture
@@ -257,8 +381,13 @@ class Api:
 
 
 @pytest.fixture
-def api(http_server: Any, base_url: str) -> Iterator[Api]:
-    client = Api(base_url)
+def api(route: str, request: pytest.FixtureRequest) -> Iterator[Api]:
+    if route == NGINX:
+        request.getfixturevalue("services")  # empties the stack's data before and after
+        client = Api(request.getfixturevalue("nginx_stack").base_url)
+    else:
+        request.getfixturevalue("http_server")
+        client = Api(request.getfixturevalue("base_url"))
     yield client
     client.close()
 

@@ -83,7 +83,7 @@ class IndexKeeper:
                 # MongoDB unreachable, or refusing (a unique index over duplicates already
                 # stored): keep trying, loudly; the writes that need the index get a 503.
                 ended, self._attempt = self._attempt, asyncio.get_running_loop().create_future()
-                ended.set_result(exc)
+                _end(ended, exc)
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
                 level = logging.WARNING if isinstance(exc, ConnectionFailure) else logging.ERROR
@@ -92,7 +92,7 @@ class IndexKeeper:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_now.wait(), delay)
                 continue
-            self._attempt.set_result(None)
+            _end(self._attempt, None)
             log.info("indexes in place: %d on %s", len(names), self.db.name)
             return
 
@@ -118,15 +118,21 @@ class IndexKeeper:
             made_waiter.cancel()
         if made.is_set():
             return
-        error = attempt.result() if attempt.done() else None
+        error = attempt.result() if attempt.done() and not attempt.cancelled() else None
         if isinstance(error, ConnectionFailure):
             raise ConnectionFailure(f"while making the indexes: {error}") from None
         raise ServiceUnavailable(INDEXES_PENDING)
 
     async def close(self) -> None:
-        if self._attempt is not None and not self._attempt.done():
-            self._attempt.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.cancel()  # writers still waiting get their 503
+
+
+def _end(attempt: asyncio.Future[PyMongoError | None], outcome: PyMongoError | None) -> None:
+    """Tell the writers waiting on an attempt how it ended (a closing keeper cancelled it)."""
+    if not attempt.done():
+        attempt.set_result(outcome)

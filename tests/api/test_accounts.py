@@ -34,6 +34,9 @@ from server.web.app import make_app
 from server.web.services import Services, mongo_client, open_services
 from tests.conftest import Api, Reply, error_of, make_settings
 
+# Run against one instance and through nginx (tests/conftest.py).
+pytestmark = pytest.mark.contract
+
 PASSWORD = "correct horse"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")

@@ -12,6 +12,9 @@ from bson import ObjectId
 
 from tests.conftest import error_of
 
+# Run against one instance and through nginx (tests/conftest.py).
+pytestmark = pytest.mark.contract
+
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
 MAX_BODY = 64 * 1024

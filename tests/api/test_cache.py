@@ -9,6 +9,9 @@ import pytest
 
 from tests.conftest import QueryCounter, another_instance
 
+# Run against one instance and through nginx (tests/conftest.py).
+pytestmark = pytest.mark.contract
+
 
 async def create(api, token, content):
     reply = await api.post("/todo", token=token, json_body={"content": content})

@@ -14,6 +14,9 @@ from server.domain.todos import new_todo
 from server.web.app import OPENAPI_FILE
 from tests.conftest import another_instance, error_of
 
+# Run against one instance and through nginx (tests/conftest.py).
+pytestmark = pytest.mark.contract
+
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 PUBLIC_KEYS = {"id", "content", "created_at", "is_finished", "finished_at"}
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"

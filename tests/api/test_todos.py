@@ -12,6 +12,9 @@ from bson import ObjectId
 
 from tests.conftest import error_of
 
+# Run against one instance and through nginx (tests/conftest.py).
+pytestmark = pytest.mark.contract
+
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ID_PATTERN = re.compile(r"[0-9a-f]{24}")
 LONG_AGO = datetime(2020, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

@@ -28,28 +28,16 @@ from scripts.local_services import alive, free_port, port_in_use
 from scripts.stack import commands
 from scripts.stack.config import StackConfig, StackError
 from scripts.stack.supervisor import Supervisor
-from tests.conftest import Api, error_of
+from tests.conftest import Api, error_of, stack_config
 from tests.stack.stack_load import Load
 from tests.worker.test_import import MULTIPART, csv_file, form
 
 
-def consecutive_free_ports(count: int) -> int:
-    for _ in range(100):
-        base = free_port()
-        if all(not port_in_use(base + i) for i in range(count)) and base + count < 65536:
-            return base
-    raise RuntimeError("no run of free ports")
-
-
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    config = StackConfig(
-        var=str(tmp_path_factory.mktemp("stack") / "var"), instances=2,
-        base_port=consecutive_free_ports(2), http_port=free_port(), https_port=free_port(),
-        mongo_port=free_port(), redis_port=free_port(), broker_port=free_port(),
-        db_name="todo_stack_test",
-        rate_limit=20, rate_limit_burst=20,
-    )
+    """A stack of this module's own: its tests kill and restart what the others rely on."""
+    config = stack_config(tmp_path_factory.mktemp("stack") / "var", "todo_stack_test",
+                          rate_limit=20, rate_limit_burst=20)
     commands.up(config)
     yield config
     commands.down(config)

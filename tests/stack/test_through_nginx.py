@@ -15,25 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_services import free_port
-from scripts.stack import commands
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
 from tests.conftest import Api, error_of
-from tests.stack.test_stack import consecutive_free_ports
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    config = StackConfig(
-        var=str(tmp_path_factory.mktemp("stack") / "var"), instances=2,
-        base_port=consecutive_free_ports(2), http_port=free_port(), https_port=free_port(),
-        mongo_port=free_port(), redis_port=free_port(), broker_port=free_port(),
-        db_name="todo_nginx_test",
-    )
-    commands.up(config)
-    yield config
-    commands.down(config)
+@pytest.fixture
+def cfg(nginx_stack: StackConfig) -> StackConfig:
+    """The session's stack, which the contract tests share (tests/conftest.py)."""
+    return nginx_stack
 
 
 @pytest.fixture
