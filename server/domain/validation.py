@@ -222,6 +222,10 @@ def job_create(fields: Mapping[str, Any]) -> JobCreate:
         return JobCreate(type=kind, params={"format": fmt})
     _reject_unknown(fields, {"type", "older_than_days"})
     days = fields.get("older_than_days")
+    # JSON has one number type: `30.0` is the integer 30 (JSON Schema's "integer" says so too),
+    # `30.5` is not an integer at all.
+    if isinstance(days, float) and days.is_integer():
+        days = int(days)
     # bool is an int in Python; `true` is not a number of days.
     if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= MAX_PURGE_DAYS:
         raise BadRequest(f"older_than_days must be an integer from 0 to {MAX_PURGE_DAYS}")
