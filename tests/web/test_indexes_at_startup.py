@@ -27,64 +27,60 @@ async def index_names(settings, collection: str) -> set[str]:
         await client.close()
 
 
-async def drop(settings) -> None:
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_uri)
-    try:
-        await client.drop_database(settings.db_name)
-    finally:
-        await client.close()
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_a_bare_instance_on_an_empty_database_refuses_a_taken_username(mongo_uri, redis_url):
+@pytest.fixture
+def fresh(io_loop, mongo_uri, redis_url):
+    """Settings naming an empty database that no index step has touched; dropped afterwards."""
     settings = make_settings(mongo_uri, redis_url)
-    try:
-        async with another_instance(settings, indexes=False) as api:
-            replies = await asyncio.gather(*[api.post("/users", json_body=CREDENTIALS)
-                                             for _ in range(8)])
-            assert sorted(reply.status for reply in replies) == [201] + [409] * 7
-            again = await api.post("/users", json_body=CREDENTIALS)
-            assert error_of(again) == (409, "username 'alice' is already taken")
-        assert "username_unique" in await index_names(settings, "users")
-    finally:
-        await drop(settings)
+    yield settings
 
-
-@pytest.mark.gen_test(timeout=60)
-async def test_a_bare_instance_on_an_empty_database_honours_idempotency_keys(mongo_uri, redis_url):
-    settings = make_settings(mongo_uri, redis_url)
-    try:
-        async with another_instance(settings, indexes=False) as api:
-            token = await api.register("keys")
-            replies = await asyncio.gather(*[
-                api.post("/todo", token=token, json_body={"content": "once"},
-                         headers={"Idempotency-Key": "same-key"})
-                for _ in range(8)
-            ])
-            assert {reply.status for reply in replies} == {201}
-            assert len({reply.json["id"] for reply in replies}) == 1
-            listed = await api.get("/todo", token=token)
-            assert [todo["content"] for todo in listed.json["data"]] == ["once"]
-    finally:
-        await drop(settings)
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_instances_starting_together_make_every_index_once(mongo_uri, redis_url):
-    settings = make_settings(mongo_uri, redis_url)
-    try:
-        instances = [open_services(settings) for _ in range(3)]
+    async def drop() -> None:
+        client: AsyncMongoClient = AsyncMongoClient(settings.mongo_uri)
         try:
-            await asyncio.gather(*[services.indexes.ready(name) for services in instances
-                                   for name in INDEXES])
-            assert all(services.indexes.done for services in instances)
+            await client.drop_database(settings.db_name)
         finally:
-            await asyncio.gather(*[services.close() for services in instances])
-        for collection, models in INDEXES.items():
-            expected = {model.document["name"] for model in models}
-            assert expected <= await index_names(settings, collection)
+            await client.close()
+
+    io_loop.run_sync(drop, timeout=30)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_bare_instance_on_an_empty_database_refuses_a_taken_username(fresh):
+    async with another_instance(fresh, indexes=False) as api:
+        replies = await asyncio.gather(*[api.post("/users", json_body=CREDENTIALS)
+                                         for _ in range(8)])
+        assert sorted(reply.status for reply in replies) == [201] + [409] * 7
+        again = await api.post("/users", json_body=CREDENTIALS)
+        assert error_of(again) == (409, "username 'alice' is already taken")
+    assert "username_unique" in await index_names(fresh, "users")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_bare_instance_on_an_empty_database_honours_idempotency_keys(fresh):
+    async with another_instance(fresh, indexes=False) as api:
+        token = await api.register("keys")
+        replies = await asyncio.gather(*[
+            api.post("/todo", token=token, json_body={"content": "once"},
+                     headers={"Idempotency-Key": "same-key"})
+            for _ in range(8)
+        ])
+        assert {reply.status for reply in replies} == {201}
+        assert len({reply.json["id"] for reply in replies}) == 1
+        listed = await api.get("/todo", token=token)
+        assert [todo["content"] for todo in listed.json["data"]] == ["once"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_instances_starting_together_make_every_index_once(fresh):
+    instances = [open_services(fresh) for _ in range(3)]
+    try:
+        await asyncio.gather(*[services.indexes.ready(name) for services in instances
+                               for name in INDEXES])
+        assert all(services.indexes.done for services in instances)
     finally:
-        await drop(settings)
+        await asyncio.gather(*[services.close() for services in instances])
+    for collection, models in INDEXES.items():
+        expected = {model.document["name"] for model in models}
+        assert expected <= await index_names(fresh, collection)
 
 
 @pytest.mark.gen_test(timeout=120)
