@@ -120,8 +120,8 @@ class APIHandler(RequestHandler):
         # A wrong method is a 405 even without a token (Tornado would only find out later).
         if self.request.method not in self.allowed_methods():
             raise HTTPError(405)
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and int(declared) > self.body_limit:
+        declared = self._declared_length()
+        if declared is not None and declared > self.body_limit:
             raise PayloadTooLarge(self.too_large_message())
         if self.requires_auth:
             self.current_user = await self._authenticate()
@@ -135,20 +135,24 @@ class APIHandler(RequestHandler):
         is read and dropped first, so the connection stays usable; a larger or chunked one is
         not worth reading, and write_error announces the close instead.
         """
-        body_read = getattr(self.request, "_body_future", None)
-        if self._prepared_future is None or body_read is None or body_read.done():
+        if self._prepared_future is None or not self._body_unread():
             return
-        declared = self.request.headers.get("Content-Length")
+        declared = self._declared_length()
         if declared is None and "Transfer-Encoding" in self.request.headers:
             return
-        if declared is not None and int(declared) > self.services.settings.max_body_size:
+        if declared is not None and declared > self.services.settings.max_body_size:
             return
         self._discarding = True
         # What Tornado does after prepare(): let the body be read (into data_received).
         self._prepared_future.set_result(None)
         # A client gone meanwhile: the reply below then goes nowhere, as Tornado expects.
         with contextlib.suppress(StreamClosedError):
-            await body_read
+            await self.request._body_future
+
+    def _declared_length(self) -> int | None:
+        """The body's Content-Length (Tornado has checked it is a number), if it has one."""
+        declared = self.request.headers.get("Content-Length")
+        return None if declared is None else int(declared)
 
     def _body_unread(self) -> bool:
         body_read = getattr(self.request, "_body_future", None)

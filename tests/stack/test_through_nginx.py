@@ -83,36 +83,27 @@ async def test_next_links_point_at_the_address_the_client_used(cfg, api, scheme)
     assert await asyncio.to_thread(follow) == ["t2", "t1", "t0"]
 
 
-def test_a_request_without_a_host_header_gets_links_to_the_address_it_reached(cfg):
+@pytest.mark.gen_test(timeout=60)
+async def test_a_request_without_a_host_header_gets_links_to_the_address_it_reached(cfg, api):
     """HTTP/1.0 clients may send no Host: the link names the address and port they reached."""
-    token = _register_sync(cfg, "links_no_host")
-    request = (b"GET /todo?limit=1 HTTP/1.0\r\nAuthorization: Bearer " + token.encode()
-               + b"\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", cfg.http_port), timeout=10) as sock:
-        sock.sendall(request)
+    token = await api.register("links_no_host")
+    for number in range(2):
+        created = await api.post("/todo", token=token, json_body={"content": f"t{number}"})
+        assert created.status == 201
+
+    def get_without_host() -> bytes:
+        request = (b"GET /todo?limit=1 HTTP/1.0\r\nAuthorization: Bearer " + token.encode()
+                   + b"\r\n\r\n")
         answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        with socket.create_connection(("127.0.0.1", cfg.http_port), timeout=10) as sock:
+            sock.sendall(request)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+    answer = await asyncio.to_thread(get_without_host)
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["next"].startswith(f"http://127.0.0.1:{cfg.http_port}/todo?")
-
-
-def _register_sync(cfg: StackConfig, username: str) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", cfg.http_port, timeout=10)
-    try:
-        credentials = json.dumps({"username": username, "password": "correct horse"})
-        headers = {"Content-Type": "application/json"}
-        connection.request("POST", "/users", body=credentials, headers=headers)
-        assert connection.getresponse().read()
-        connection.request("POST", "/tokens", body=credentials, headers=headers)
-        token = json.loads(connection.getresponse().read())["token"]
-        for number in range(2):
-            connection.request("POST", "/todo", body=json.dumps({"content": f"t{number}"}),
-                               headers={**headers, "Authorization": f"Bearer {token}"})
-            assert connection.getresponse().read()
-    finally:
-        connection.close()
-    return str(token)
 
 
 # Errors decided before the body is read; each must leave the connection usable.
