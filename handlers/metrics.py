@@ -10,10 +10,13 @@ from .base import APIHandler
 class MetricsHandler(APIHandler):
     requires_auth = False
 
-    def get(self) -> None:
+    async def get(self) -> None:
         """Request counts and latencies, cache and dependency errors, in Prometheus text."""
+        # The nginx edge's counters, shared by all instances: one HGETALL, none without Redis.
+        key = self.services.redis.key("edge-metrics")
+        edge = await self.services.redis.run(lambda r: r.hgetall(key), default=None)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.write(self.metrics.exposition())
+        self.write(self.metrics.exposition(edge))
 
 
 default_handlers = [

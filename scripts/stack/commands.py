@@ -4,6 +4,8 @@ request.
 
     todo-stack up [--instances N] [--http-port 8000] [--https-port 8443] [--base-port 8001]
     todo-stack status | down | restart
+    todo-stack up --edge off        every request to the instances (nginx without Lua)
+    todo-stack edge on|off          switch the edge of the running stack (nginx reloads)
     todo-stack ctl -- status | restart todo:* | tail -f todo:todo_8001
 
 Everything the stack writes (data, logs, pid files, generated configs, the TLS certificate)
@@ -177,6 +179,24 @@ def rolling_restart(cfg: StackConfig, timeout: float = 60.0) -> None:
     print("celery restarted")
 
 
+def switch_edge(cfg: StackConfig, on: bool) -> None:
+    """Turn the edge on or off in the running stack: nginx reloads gracefully (HUP), its old
+    workers finish what they serve. Saved, so a later restart keeps the choice."""
+    supervisor = Supervisor(cfg)
+    if supervisor.pid() is None:
+        raise StackError("the stack is not running")
+    cfg.edge = on
+    supervisor.reload_nginx()
+    cfg.save()
+    print(f"edge {'on' if on else 'off'}")
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError("on or off")
+    return text == "on"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="todo-stack", description=__doc__.split("\n")[0])
     parser.add_argument("--var", type=Path, default=DEFAULT_VAR,
@@ -201,6 +221,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--rate-limit-burst", type=int, default=defaults.rate_limit_burst)
     start.add_argument("--rate-limit-exempt", default=",".join(defaults.rate_limit_exempt),
                        help="comma-separated client addresses never rate limited")
+    start.add_argument("--edge", type=_on_off, default=defaults.edge, metavar="on|off",
+                       help="nginx answers the cached first page itself (needs its Lua "
+                            "modules; default on)")
+    edge = commands.add_parser("edge", help="switch the running stack's edge on or off")
+    edge.add_argument("state", type=_on_off, metavar="on|off")
     commands.add_parser("down", help="stop every process of the stack")
     commands.add_parser("status", help="supervisorctl status and the URLs")
     commands.add_parser("restart", help="rolling restart of the instances (no dropped request), "
@@ -222,6 +247,7 @@ def _config_from(args: argparse.Namespace) -> StackConfig:
         external_broker_url=os.environ.get("TODO_BROKER_URL", ""),
         db_name=args.db_name, rate_limit=args.rate_limit, rate_limit_burst=args.rate_limit_burst,
         rate_limit_exempt=tuple(a.strip() for a in args.rate_limit_exempt.split(",") if a.strip()),
+        edge=args.edge,
     )
 
 
@@ -241,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             print_summary(supervisor)
         elif args.command == "restart":
             rolling_restart(StackConfig.load(var))
+        elif args.command == "edge":
+            switch_edge(StackConfig.load(var), args.state)
         else:
             command = Supervisor(StackConfig.load(var)).ctl_command(
                 *[a for a in args.args if a != "--"]

@@ -14,14 +14,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.connection import parse_url as parse_redis_url
+
 from scripts.local_services import find_mongod, find_redis_server
 from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.queue import load_celery_config
-from server.infra.settings import PROJECT_ROOT
+from server.infra.settings import PROJECT_ROOT, Settings
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"
 DRAIN_SECONDS = 10
+# The instances run with the default prefix; the edge reads the same keys.
+REDIS_PREFIX = Settings.redis_prefix
 WORKER_CONCURRENCY = 2
 
 
@@ -52,6 +56,8 @@ class StackConfig:
     max_body_size: int = 64 * 1024
     # An import's file (the instances' max_upload_size default); nginx lets only /jobs have it.
     max_upload_size: int = 50 * 1024 * 1024
+    # nginx answers the cached first page itself (conf/edge/); off: every request to Python.
+    edge: bool = True
 
     @property
     def root(self) -> Path:
@@ -60,6 +66,10 @@ class StackConfig:
     @property
     def ports(self) -> list[int]:
         return [self.base_port + i for i in range(self.instances)]
+
+    def instance_name(self, port: int) -> str:
+        """The name an instance renews its edge lease under (its settings' default too)."""
+        return f"127.0.0.1:{port}"
 
     @property
     def mongo_uri(self) -> str:
@@ -142,6 +152,50 @@ def find_nginx() -> str:
     return found
 
 
+EDGE_DIR = CONF_DIR / "edge"
+# What the edge needs of Debian's packages (scripts/bootstrap installs them).
+EDGE_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so",
+                "/usr/lib/nginx/modules/ngx_http_lua_module.so")
+EDGE_LUA_FILES = ("/usr/share/lua/5.1/nginx/redis.lua", "/usr/share/lua/5.1/nginx/string.lua",
+                  "/usr/share/lua/5.1/nginx/sha256.lua", "/usr/share/lua/5.1/resty/core.lua")
+
+
+def missing_edge_module() -> str | None:
+    """The first file of nginx's Lua modules that is not installed, if any."""
+    return next((path for path in (*EDGE_MODULES, *EDGE_LUA_FILES) if not Path(path).exists()),
+                None)
+
+
+def _lua(value: object) -> str:
+    """A Lua literal for a string or number (a JSON string is a Lua string for ASCII text)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def edge_parts(cfg: StackConfig) -> dict[str, str]:
+    """The edge's lines of nginx.conf. Lua is loaded whenever it is installed, and the switch
+    only adds or removes the access line: ngx_lua cannot be loaded by a reload (HUP)."""
+    missing = missing_edge_module()
+    if missing and cfg.edge:
+        raise StackError(f"the edge needs nginx's Lua modules ({missing} is missing): run "
+                         "scripts/bootstrap, or start without it: todo-stack up --edge off")
+    if missing:
+        return {"edge_modules": "", "edge_http": "", "edge_access": ""}
+    redis = parse_redis_url(cfg.redis_url)  # type: ignore[no-untyped-call]
+    host = f"unix:{redis['path']}" if "path" in redis else redis.get("host", "127.0.0.1")
+    snippet = render("nginx-edge.conf.in", {
+        "edge_dir": EDGE_DIR, "secret_file": _lua(str(cfg.path("secret"))),
+        "redis_host": _lua(host), "redis_port": int(redis.get("port", 6379)),
+        "redis_db": int(redis.get("db", 0)), "redis_password": _lua(redis.get("password") or ""),
+        "redis_prefix": _lua(REDIS_PREFIX),
+        "instances": ", ".join(_lua(cfg.instance_name(port)) for port in cfg.ports),
+    })
+    return {
+        "edge_modules": "".join(f"load_module {path};\n" for path in EDGE_MODULES),
+        "edge_http": snippet.split("\n", 2)[2],
+        "edge_access": f"            access_by_lua_file {EDGE_DIR}/access.lua;\n" if cfg.edge else "",
+    }
+
+
 def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     """nginx.conf for the instances; those in `down` get no new requests (rolling restart)."""
     servers = "\n".join(
@@ -164,6 +218,7 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         "max_upload_size": cfg.max_upload_size,
         "max_upload_body_size": upload_body_limit(cfg.max_upload_size), "proxy": proxy,
         "open_files": open_files_limit(), "worker_connections": open_files_limit() // 2,
+        **edge_parts(cfg),
     })
 
 
@@ -204,6 +259,7 @@ def supervisord_conf(cfg: StackConfig) -> str:
     for port in cfg.ports:
         programs.append(render("supervisor-instance.conf.in", {
             **common, **addresses, "port": port, "drain_seconds": DRAIN_SECONDS,
+            "instance_name": cfg.instance_name(port),
             "stop_wait_seconds": DRAIN_SECONDS + 10,
         }))
     group = ",".join(f"todo_{port}" for port in cfg.ports)

@@ -66,6 +66,16 @@ class TokenService:
         self._synced_once = False
         guard.on_recovery(self._distrust_redis)
 
+    @property
+    def synced(self) -> bool:
+        """Whether this instance has copied every revocation to Redis since it last
+        distrusted it (until then it asks MongoDB, and the edge must not decide alone)."""
+        return self._synced_once
+
+    def request_sync(self) -> None:
+        """Copy the revocations to Redis again (and renew its synced marker), in the background."""
+        self._resync.request()
+
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
 

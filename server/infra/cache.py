@@ -203,6 +203,11 @@ class PageCache:
                 return None
         return None
 
+    @property
+    def trusted(self) -> bool:
+        """False from Redis's return after an outage until every page is dropped."""
+        return not self._distrusted
+
     def _distrust_redis(self) -> None:
         # After an outage a write may have missed Redis (its instance can have died before
         # replaying it), and which user it touched is unknown: forget every page.

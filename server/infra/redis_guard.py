@@ -26,6 +26,9 @@ RedisCall = Callable[[Redis], Awaitable[Any]]
 # Called inline, before the call that found Redis back returns its result: a hook can mark
 # what Redis holds as untrusted before anyone reads it, then repair it in the background.
 RecoveryHook = Callable[[], None]
+# Awaited when a write that must reach Redis missed it, before the write answers (the edge
+# lease waits there until nginx can no longer serve what the write changed).
+MissedWriteHook = Callable[[], Awaitable[None]]
 MAX_PENDING_REPAIRS = 10_000
 REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -41,6 +44,7 @@ class RedisGuard:
         self._repairs: deque[RedisCall] = deque(maxlen=MAX_PENDING_REPAIRS)
         self._repair_lock = asyncio.Lock()
         self._recovery_hooks: list[RecoveryHook] = []
+        self._missed_write_hooks: list[MissedWriteHook] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def key(self, *parts: str) -> str:
@@ -49,6 +53,14 @@ class RedisGuard:
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    @property
+    def repairs_pending(self) -> bool:
+        return bool(self._repairs)
+
+    def on_missed_write(self, hook: MissedWriteHook) -> None:
+        """Await `hook()` after queueing a write that missed Redis, before must() returns."""
+        self._missed_write_hooks.append(hook)
 
     def on_recovery(self, hook: RecoveryHook) -> None:
         """Call `hook()` each time Redis answers again after a failure."""
@@ -93,6 +105,8 @@ class RedisGuard:
         self._repairs.append(call)
         if len(self._repairs) == 1:
             self.spawn(self._repair_in_background())
+        for hook in self._missed_write_hooks:
+            await hook()
 
     async def _replay_repairs(self) -> bool:
         """True when no repair is pending (replaying them first if needed)."""

@@ -60,15 +60,14 @@ class Settings:
     ws_queue_size: int = 256
     ws_max_per_user: int = 20
     ws_origins: str = ""
+    instance_name: str = ""  # empty: "<address>:<port>"
 
 
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    if lowered not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return lowered in {"1", "true", "yes", "on"}
 
 
 _PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, bool: _parse_bool}
@@ -112,6 +111,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
                              "(TODO_WS_MAX_PER_USER)"),
     "ws_origins": (str, "comma-separated browser origins allowed to open WebSockets besides "
                         "the API's own; * for any (TODO_WS_ORIGINS)"),
+    "instance_name": (str, "unique name of its edge lease; <address>:<port> (TODO_INSTANCE_NAME)"),
 }
 
 
@@ -296,4 +296,5 @@ def load_settings(argv: Sequence[str] = (), env: Mapping[str, str] | None = None
         values["secret"] = load_or_create_secret(Path(values["secret_file"]))
     if len(values["secret"]) < MIN_SECRET_LENGTH:
         raise SettingsError(f"secret must be at least {MIN_SECRET_LENGTH} characters long")
+    values["instance_name"] = values["instance_name"] or f"{values['address']}:{values['port']}"
     return Settings(**values)

@@ -15,6 +15,7 @@ from tornado.httpserver import HTTPServer
 from server.infra import logs
 from server.infra.settings import Settings, SettingsError, load_settings
 from server.web.app import make_app
+from server.web.edge_lease import EdgeLease
 from server.web.inflight import InFlight
 from server.web.services import open_services
 
@@ -58,6 +59,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run one instance until SIGTERM/SIGINT (or `stop` is set)."""
     stop = stop or asyncio.Event()
     services = open_services(settings)
+    lease = EdgeLease(name=settings.instance_name, guard=services.redis, cache=services.cache,
+                      tokens=services.tokens, redis_timeout=settings.redis_timeout)
     app = make_app(services)
     server = HTTPServer(
         app, xheaders=settings.xheaders, idle_connection_timeout=75, body_timeout=30
@@ -67,6 +70,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        lease.start()
         log.info("listening on http://%s:%d", settings.address, settings.port)
         await stop.wait()
         log.info("shutting down: no new connections, draining requests")
@@ -78,6 +82,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             drain(app.settings["in_flight"], server, settings.shutdown_timeout),
         )
     finally:
+        # After the drain: the writes it let finish have reached Redis or stopped the lease.
+        await lease.close()
         await services.close()
     log.info("stopped")
 

@@ -7,7 +7,7 @@ applications in one process, and each must count only its own requests.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -78,6 +78,40 @@ class ServiceCollector(Collector):
         )
 
 
+# conf/edge/edge.lua's pass reasons: not a plain first-page read, Redis failing (or cooling
+# down), revocations not synced, an instance's lease missing, no page, a stale page, a link
+# needing escapes, an unreadable page, an If-None-Match Tornado must judge.
+EDGE_REASONS = ("request", "redis", "unsynced", "lease", "miss", "stale", "escape",
+                "unreadable", "etag")
+
+
+class EdgeCollector(Collector):
+    """The nginx edge's counters (conf/edge/edge.lua pushes them to a Redis hash)."""
+
+    def __init__(self, pushed: Mapping[bytes | str, bytes | str]) -> None:
+        self.values = {
+            name.decode() if isinstance(name, bytes) else name: int(value)
+            for name, value in pushed.items()
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        get = self.values.get
+        yield CounterMetricFamily("todo_edge_hits", "First pages nginx answered from Redis.",
+                                  value=get("hits", 0))
+        passes = CounterMetricFamily(
+            "todo_edge_passes", "Requests to /todo the edge passed to the instances, by reason.",
+            labels=["reason"])
+        for reason in EDGE_REASONS:
+            passes.add_metric([reason], get(f"pass:{reason}", 0))
+        yield passes
+        yield CounterMetricFamily(
+            "todo_edge_unauthorized", "401s the edge answered itself (bad, expired, revoked).",
+            value=get("unauthorized", 0))
+        yield CounterMetricFamily(
+            "todo_edge_redis_errors", "Edge Redis calls that failed (each request passed).",
+            value=get("redis_errors", 0))
+
+
 class Metrics:
     def __init__(
         self, services: Services, routes: Sequence[tuple[str, type[RequestHandler]]]
@@ -119,6 +153,12 @@ class Metrics:
     def mongo_error(self, *, unavailable: bool) -> None:
         self.mongo_errors.labels("unavailable" if unavailable else "other").inc()
 
-    def exposition(self) -> bytes:
-        """Every metric in the Prometheus text format."""
-        return generate_latest(self.registry)
+    def exposition(self, edge: Mapping[bytes | str, bytes | str] | None = None) -> bytes:
+        """Every metric in the Prometheus text format; the edge's when `edge` (its hash) is
+        given (absent when Redis did not answer, or when no edge ever pushed any)."""
+        text = generate_latest(self.registry)
+        if edge:
+            registry = CollectorRegistry()
+            registry.register(EdgeCollector(edge))
+            text += generate_latest(registry)
+        return text
