@@ -189,10 +189,11 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
         "redis_prefix": _lua(REDIS_PREFIX),
         "instances": ", ".join(_lua(cfg.instance_name(port)) for port in cfg.ports),
     })
+    access = f"            access_by_lua_file {EDGE_DIR}/access.lua;\n"
     return {
         "edge_modules": "".join(f"load_module {path};\n" for path in EDGE_MODULES),
         "edge_http": snippet.split("\n", 2)[2],
-        "edge_access": f"            access_by_lua_file {EDGE_DIR}/access.lua;\n" if cfg.edge else "",
+        "edge_access": access if cfg.edge else "",
     }
 
 
