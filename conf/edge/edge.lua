@@ -282,9 +282,9 @@ function _M.access()
     if ngx.req.get_method() ~= "GET" or ngx_var.request_uri ~= "/todo" then
         return pass("request")
     end
-    local headers = ngx.req.get_headers(64)
+    local headers, truncated = ngx.req.get_headers(64)
     local length = headers["content-length"]
-    if (length and length ~= "0") or headers["transfer-encoding"]
+    if truncated or (length and length ~= "0") or headers["transfer-encoding"]
             -- These change what the instances answer (the X-Scheme header the link's scheme)
             -- or what nginx's not-modified filter does with a local reply.
             or headers["x-scheme"] or headers["if-match"] or headers["if-modified-since"]
