@@ -151,8 +151,11 @@ def stack_config(var: Path, db_name: str, **overrides: Any) -> StackConfig:
 
 @pytest.fixture(scope="session")
 def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis."""
-    config = stack_config(tmp_path_factory.mktemp("nginx-stack") / "var", "todo_contract")
+    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis.
+    Its edge is on (nginx answers cached first pages itself); TODO_TEST_EDGE=off runs the
+    contract tests through nginx with it off."""
+    config = stack_config(tmp_path_factory.mktemp("nginx-stack") / "var", "todo_contract",
+                          edge=os.environ.get("TODO_TEST_EDGE", "on") != "off")
     # On a thread of its own: `up` runs asyncio.run, which would unset the event loop of the
     # test that first asks for the stack.
     with ThreadPoolExecutor(max_workers=1) as thread:
