@@ -1,0 +1,91 @@
+"""The benchmark's tables, in markdown: medians and ranges over the runs, ratios to the
+ceiling and to the framework floor at the same concurrency."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from scripts.benchmark.wrk import WrkResult
+
+CEILING_ROW = "ceiling: nginx static file"
+FLOOR_ROW = "floor: bare Tornado behind nginx"
+
+
+@dataclass
+class Results:
+    """Every run of every (row, connections), in the order rows were first measured."""
+
+    runs: dict[tuple[str, int], list[WrkResult]] = field(default_factory=dict)
+
+    def add(self, row: str, connections: int, result: WrkResult) -> None:
+        self.runs.setdefault((row, connections), []).append(result)
+
+    def median_rate(self, row: str, connections: int) -> float | None:
+        found = self.runs.get((row, connections))
+        return statistics.median(r.requests_per_second for r in found) if found else None
+
+
+def _ratio(rate: float, reference: float | None) -> str:
+    return f"{rate / reference:.1%}" if reference else "n/a"
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def main_table(results: Results) -> str:
+    lines = [
+        "| row | conns | req/s (median) | req/s range | p50 ms | p99 ms "
+        "| socket errors c/r/w/t | non-2xx | vs ceiling | vs floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_connections = sorted({c for _, c in results.runs})
+    for connections in by_connections:
+        ceiling = results.median_rate(CEILING_ROW, connections)
+        floor = results.median_rate(FLOOR_ROW, connections)
+        for (row, c), runs in results.runs.items():
+            if c != connections:
+                continue
+            rates = [r.requests_per_second for r in runs]
+            rate = statistics.median(rates)
+            errors = "/".join(str(sum(getattr(r, kind) for r in runs))
+                              for kind in ("connect", "read", "write", "timeout"))
+            lines.append(
+                f"| {row} | {c} | {rate:,.0f} | {min(rates):,.0f} to {max(rates):,.0f} "
+                f"| {_ms(statistics.median(r.p50_ms for r in runs))} "
+                f"| {_ms(statistics.median(r.p99_ms for r in runs))} | {errors} "
+                f"| {sum(r.non_2xx for r in runs)} | {_ratio(rate, ceiling)} "
+                f"| {_ratio(rate, floor)} |"
+            )
+    return "\n".join(lines)
+
+
+def rss_table(before: dict[str, float | None], after: dict[str, float | None]) -> str:
+    lines = ["| instance | RSS before (MB) | RSS after (MB) |", "|---|---:|---:|"]
+    for name in sorted(set(before) | set(after)):
+        lines.append(f"| {name} | {_mb(before.get(name))} | {_mb(after.get(name))} |")
+    return "\n".join(lines)
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def sizes_table(results: Results, sizes: Sequence[int], rows: Sequence[str],
+                connections: int) -> str:
+    """One line per size; for each kind of page its median req/s and p99."""
+    header = "| todos | " + " | ".join(f"{row} req/s | p99 ms" for row in rows) + " |"
+    lines = [header, "|---:|" + "---:|---:|" * len(rows)]
+    for size in sizes:
+        cells = []
+        for row in rows:
+            runs = results.runs.get((f"{row} @{size}", connections), [])
+            if runs:
+                cells += [f"{statistics.median(r.requests_per_second for r in runs):,.0f}",
+                          _ms(statistics.median(r.p99_ms for r in runs))]
+            else:
+                cells += ["n/a", "n/a"]
+        lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
