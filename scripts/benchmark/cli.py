@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--up", action="store_true",
                    help="bring a stack up in --var on the ports below, and down afterwards")
     p.add_argument("--keep-up", action="store_true", help="with --up: leave it running")
+    p.add_argument("--instances", type=int, default=os.cpu_count() or 1,
+                   help="with --up (default: one per core)")
     for name, default in (("http-port", 18000), ("https-port", 18443), ("base-port", 18001),
                           ("mongo-port", 18017), ("redis-port", 18379), ("broker-port", 18380)):
         p.add_argument(f"--{name}", type=int, default=default,
@@ -71,7 +73,8 @@ def stack_for(args: argparse.Namespace) -> StackConfig:
     if not args.up:
         return StackConfig.load((args.var or DEFAULT_VAR).resolve())
     cfg = StackConfig(
-        var=str((args.var or BENCH_VAR).resolve()), http_port=args.http_port,
+        var=str((args.var or BENCH_VAR).resolve()), instances=args.instances,
+        http_port=args.http_port,
         https_port=args.https_port, base_port=args.base_port, mongo_port=args.mongo_port,
         redis_port=args.redis_port, broker_port=args.broker_port, db_name="todo_bench",
     )

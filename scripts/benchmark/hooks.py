@@ -10,9 +10,11 @@ Both are removed, and nginx reloaded again, when the benchmark ends.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +33,11 @@ class Hooks:
     def __init__(self, cfg: StackConfig, body: bytes) -> None:
         self.cfg = cfg
         self.dir = cfg.path("bench")
-        self.body_file = self.dir / "first-page.json"
+        # nginx's workers run unprivileged: the var dir may be closed to them (a pytest tmp dir
+        # is 0700), so the static file lives in a directory of its own that they can read.
+        self.static_dir = Path(tempfile.mkdtemp(prefix="todo-bench-static-"))
+        self.static_dir.chmod(0o755)
+        self.body_file = self.static_dir / "first-page.json"
         self.http_conf = cfg.path("nginx.d", "http", CONF_NAME)
         self.server_conf = cfg.path("nginx.d", "server", CONF_NAME)
         self.body = body
@@ -45,6 +51,7 @@ class Hooks:
     def install(self, floor_processes: int) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.body_file.write_bytes(self.body)
+        self.body_file.chmod(0o644)
         ports = [free_port() for _ in range(floor_processes)]
         for port in ports:
             self._start_floor(port)
@@ -79,15 +86,16 @@ class Hooks:
         self.floors = []
 
     def _remove_files(self) -> None:
-        for path in (self.server_conf, self.http_conf, self.body_file):
+        for path in (self.server_conf, self.http_conf):
             path.unlink(missing_ok=True)
+        shutil.rmtree(self.static_dir, ignore_errors=True)
 
     def _start_floor(self, port: int) -> None:
-        log = (self.dir / f"floor-{port}.log").open("wb")
-        self.floors.append(subprocess.Popen(
-            [sys.executable, "-m", "scripts.benchmark.floor", "--port", str(port),
-             "--body-file", str(self.body_file)], stdout=log, stderr=subprocess.STDOUT,
-        ))
+        with (self.dir / f"floor-{port}.log").open("wb") as log:  # the child keeps its copy
+            self.floors.append(subprocess.Popen(
+                [sys.executable, "-m", "scripts.benchmark.floor", "--port", str(port),
+                 "--body-file", str(self.body_file)], stdout=log, stderr=subprocess.STDOUT,
+            ))
         wait_for(f"http://127.0.0.1:{port}/", present=True)
 
     def floor_pids(self) -> list[int]:
