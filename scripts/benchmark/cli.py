@@ -164,14 +164,16 @@ def document(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
         f"alternating within each round; user with {pages.todos:,} todos, first page "
         f"{len(pages.first_page):,} bytes.", "",
         report.main_table(results), "",
+        report.cursor_cost(results, pages.deep_page), "",
         check.summary() if check is not None else "", "",
         "Resident memory of every instance, before the first row and after the last:", "",
         report.rss_table(before, after),
     ]
     if args.sizes:
-        parts += ["", f"## Cost by list size (-c {args.connections[0]})", "",
+        parts += ["", f"## Cost by list size (-c {args.connections[0]}; the deep cursor page is "
+                  "page 500, or the last one of a shorter list)", "",
                   report.sizes_table(sizes, args.sizes,
-                                     ["first page", "cursor page 500", "offset ?start=5000"],
+                                     ["first page", "deep cursor page", "offset ?start=5000"],
                                      args.connections[0])]
     if soaked is not None:
         parts += ["", f"## Soak ({args.soak:g} s)", "", soaked.table()]

@@ -45,7 +45,7 @@ def main_rows(pages: UserPages, *, edge: bool, hooks: bool) -> list[Row]:
 
 def size_rows(pages: UserPages) -> list[Row]:
     return [Row(f"first page @{pages.todos}", "/todo"),
-            Row(f"cursor page 500 @{pages.todos}", pages.deep_cursor),
+            Row(f"deep cursor page @{pages.todos}", pages.deep_cursor),
             Row(f"offset ?start=5000 @{pages.todos}", "/todo?start=5000")]
 
 

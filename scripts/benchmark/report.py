@@ -89,3 +89,17 @@ def sizes_table(results: Results, sizes: Sequence[int], rows: Sequence[str],
                 cells += ["n/a", "n/a"]
         lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cursor_cost(results: Results, deep_page: int) -> str:
+    """Issue 9 wants a deep cursor page to cost at most 1.3 times the first cursor page."""
+    lines = []
+    for (row, connections) in results.runs:
+        if row != "cursor page 2":
+            continue
+        near = results.median_rate(row, connections)
+        deep = results.median_rate(f"cursor page {deep_page}", connections)
+        if near and deep:
+            lines.append(f"cursor page {deep_page} costs {near / deep:.2f}x cursor page 2 "
+                         f"at -c {connections} (ratio of their median req/s).")
+    return " ".join(lines)
