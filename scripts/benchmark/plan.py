@@ -5,6 +5,8 @@ alike; the table takes medians over the rounds."""
 from __future__ import annotations
 
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,11 @@ from scripts.benchmark.writemix import WriteMix
 
 WRITE_MIX_ROW = "write mix: 40% create / 20% finish / 40% read"
 FIRST_PAGE = "first page GET /todo"
+# Idle again: this many /readyz answers in a row, each quicker than this; waited for at most
+# SETTLE_SECONDS.
+SETTLE_QUICK_ANSWERS = 3
+SETTLE_QUICK_SECONDS = 0.05
+SETTLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,4 +88,21 @@ class Runner:
                              duration=self.duration, token=token)
         if self.raw:
             print(result.output, file=sys.stderr)
+        self.settle()
         return result
+
+    def settle(self) -> None:
+        """Until the instances are idle again: after a run at 1000 connections they still
+        work through requests wrk gave up on, which the next row must not pay for."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        quick = 0
+        while quick < SETTLE_QUICK_ANSWERS and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=5) as response:
+                    response.read()
+            except OSError:
+                quick = 0
+                time.sleep(0.1)
+                continue
+            quick = quick + 1 if time.monotonic() - started < SETTLE_QUICK_SECONDS else 0

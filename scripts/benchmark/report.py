@@ -28,7 +28,10 @@ class Results:
 
 
 def _ratio(rate: float, reference: float | None) -> str:
-    return f"{rate / reference:.1%}" if reference else "n/a"
+    if not reference:
+        return "n/a"
+    share = rate / reference
+    return f"{share:.1%}" if share < 10 else f"{share:.0f}x"
 
 
 def _ms(value: float) -> str:
