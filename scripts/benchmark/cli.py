@@ -28,6 +28,7 @@ from scripts.benchmark.plan import FIRST_PAGE, Runner, main_rows, size_rows
 from scripts.benchmark.writemix import WRITER, WriteCheck, WriteMix
 from scripts.stack import commands
 from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError
+from scripts.stack.supervisor import Supervisor
 from server.infra.settings import PROJECT_ROOT
 
 BENCH_VAR = PROJECT_ROOT / "var-bench"
@@ -63,37 +64,45 @@ def parser() -> argparse.ArgumentParser:
                         "(at the first --connections)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="then the first page at 60%% of its max rate, sampling RSS")
+    p.add_argument("--soak-edge", choices=("on", "off"), default="off",
+                   help="the soak's first page with the edge on or off (default off: the "
+                        "instances serve it)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--note", default="", help="a line for the results file (e.g. smoke run)")
     p.add_argument("--raw", action="store_true", help="also print wrk's own output")
     return p
 
 
-def stack_for(args: argparse.Namespace) -> StackConfig:
+def stack_for(args: argparse.Namespace) -> tuple[StackConfig, bool]:
+    """The stack, and whether this run started it (then it stops it too)."""
     if not args.up:
-        return StackConfig.load((args.var or DEFAULT_VAR).resolve())
+        return StackConfig.load((args.var or DEFAULT_VAR).resolve()), False
     cfg = StackConfig(
         var=str((args.var or BENCH_VAR).resolve()), instances=args.instances,
         http_port=args.http_port,
         https_port=args.https_port, base_port=args.base_port, mongo_port=args.mongo_port,
         redis_port=args.redis_port, broker_port=args.broker_port, db_name="todo_bench",
     )
+    if Supervisor(cfg).pid() is not None:
+        return StackConfig.load(cfg.root), False  # already up: used, and left running
     commands.up(cfg)
-    return cfg
+    return cfg, True
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    args.command = shlex.join(["scripts/bench", *argv])
     if args.runs < 1 or args.duration <= 0 or args.todos < 1:
         parser().error("--runs, --duration and --todos must be positive")
     try:
         wrk.check_available()
         wrk.raise_open_files_limit()
-        cfg = stack_for(args)
+        cfg, started = stack_for(args)
         try:
-            text = benchmark(cfg, args)
+            text, ok = benchmark(cfg, args)
         finally:
-            if args.up and not args.keep_up:
+            if started and not args.keep_up:
                 commands.down(cfg)
     except StackError as exc:
         sys.exit(f"todo-bench: {exc}")
@@ -101,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
     print(f"\nwritten to {args.output}", file=sys.stderr)
+    if not ok:
+        sys.exit("todo-bench: the write mix lost or duplicated a write (see the table)")
 
 
-def benchmark(cfg: StackConfig, args: argparse.Namespace) -> str:
+def benchmark(cfg: StackConfig, args: argparse.Namespace) -> tuple[str, bool]:
+    """The results document, and whether the write mix check passed."""
     if "127.0.0.1" not in cfg.rate_limit_exempt:
         print("warning: 127.0.0.1 is rate limited by this stack's nginx: expect 429s",
               file=sys.stderr)
@@ -127,22 +139,31 @@ def benchmark(cfg: StackConfig, args: argparse.Namespace) -> str:
         before = rss.sample(cfg)
         rows = main_rows(pages, edge=edge.available, hooks=bool(hooks.floors))
         runner.rounds(rows, args.connections, args.runs, results, pages.token)
-        after = rss.sample(cfg)
+        after_rows = rss.sample(cfg)
         for user in sized:
             runner.rounds(size_rows(user), args.connections[:1], args.runs, sizes, user.token)
-        soaked = run_soak(cfg, args, pages, results) if args.soak else None
+        soaked = run_soak(cfg, args, pages, results, edge) if args.soak else None
+        at_end = rss.sample(cfg)
     finally:
         hooks.remove()
         edge.restore()
     check = runner.write_mix.check() if runner.write_mix else None
-    return document(cfg, args, pages, results, before, after, check, sizes, soaked)
+    text = document(cfg, args, pages, results, [before, after_rows, at_end], check, sizes,
+                    soaked)
+    return text, check is None or check.ok
 
 
 def run_soak(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
-             results: report.Results) -> soak.Soak:
+             results: report.Results, edge: Edge) -> soak.Soak:
+    """The first page as the instances serve it (edge off, when there is an edge): their memory
+    is what the soak watches, and with the edge on they would see little of the load."""
     lowest = args.connections[0]
-    row = next(name for name, c in results.runs if c == lowest and name.startswith(FIRST_PAGE)
-               and "edge off" not in name)
+    wanted = f"edge {args.soak_edge}"
+    rows = [name for name, c in results.runs if c == lowest and name.startswith(FIRST_PAGE)]
+    row = next((name for name in rows if wanted in name), rows[0])
+    if wanted in row:
+        edge.switch(args.soak_edge)
+    print(f"soak: {row}, {args.soak:g} s", file=sys.stderr, flush=True)
     runs = results.runs[(row, lowest)]
     rate = results.median_rate(row, lowest) or 0.0
     p50 = sorted(r.p50_ms for r in runs)[len(runs) // 2]
@@ -150,10 +171,9 @@ def run_soak(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
 
 
 def document(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
-             results: report.Results, before: dict[str, float | None],
-             after: dict[str, float | None], check: WriteCheck | None, sizes: report.Results,
-             soaked: soak.Soak | None) -> str:
-    command = shlex.join(["scripts/bench", *(sys.argv[1:])])
+             results: report.Results, memory: list[dict[str, float | None]],
+             check: WriteCheck | None, sizes: report.Results, soaked: soak.Soak | None) -> str:
+    command = args.command
     parts = [
         "# Benchmark results", "",
         *([f"**{args.note}**", ""] if args.note else []),
@@ -166,8 +186,9 @@ def document(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
         report.main_table(results), "",
         report.cursor_cost(results, pages.deep_page), "",
         check.summary() if check is not None else "", "",
-        "Resident memory of every instance, before the first row and after the last:", "",
-        report.rss_table(before, after),
+        "Resident memory of every instance: before the first row, after the last row of this "
+        "table, and at the end (after the size table and the soak, if any):", "",
+        report.rss_table(*memory),
     ]
     if args.sizes:
         parts += ["", f"## Cost by list size (-c {args.connections[0]}; the deep cursor page is "

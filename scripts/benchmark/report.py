@@ -65,10 +65,13 @@ def main_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def rss_table(before: dict[str, float | None], after: dict[str, float | None]) -> str:
-    lines = ["| instance | RSS before (MB) | RSS after (MB) |", "|---|---:|---:|"]
-    for name in sorted(set(before) | set(after)):
-        lines.append(f"| {name} | {_mb(before.get(name))} | {_mb(after.get(name))} |")
+def rss_table(before: dict[str, float | None], after_rows: dict[str, float | None],
+              at_end: dict[str, float | None]) -> str:
+    lines = ["| instance | RSS before (MB) | after the rows (MB) | at the end (MB) |",
+             "|---|---:|---:|---:|"]
+    for name in sorted(set(before) | set(after_rows) | set(at_end)):
+        lines.append(f"| {name} | {_mb(before.get(name))} | {_mb(after_rows.get(name))} "
+                     f"| {_mb(at_end.get(name))} |")
     return "\n".join(lines)
 
 

@@ -47,17 +47,18 @@ end
 
 function response(status, headers, body)
    if status == 201 then
-      local id = body:match('"id": "(%x+)"')
-      local key = body:match('"content": "bench write ([^"]+)"')
+      -- Any JSON spacing: the service may change its encoder.
+      local id = body:match('"id"%s*:%s*"(%x+)"')
+      local key = body:match('"content"%s*:%s*"bench write ([^"]+)"')
       if id and key then
          table.insert(created, id)
          table.insert(acked, key .. " " .. id)
       end
    elseif status == 200 then
-      if body:sub(1, 8) == '{"data":' then
+      if body:match('^%s*{%s*"data"') then
          reads = reads + 1
       else
-         local id = body:match('"id": "(%x+)"')
+         local id = body:match('"id"%s*:%s*"(%x+)"')
          if id then table.insert(finished, id) end
       end
    end

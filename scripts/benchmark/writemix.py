@@ -42,7 +42,9 @@ class WriteCheck:
 
     @property
     def ok(self) -> bool:
-        return self.lost_creates == 0 and self.lost_finishes == 0 and self.duplicates == 0
+        # A mix that acknowledged no create proves nothing (nor does one the script misread).
+        return (self.created > 0 and self.lost_creates == 0 and self.lost_finishes == 0
+                and self.duplicates == 0)
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
