@@ -199,3 +199,7 @@ def document(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
     if soaked is not None:
         parts += ["", f"## Soak ({args.soak:g} s)", "", soaked.table()]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()
