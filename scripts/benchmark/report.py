@@ -40,9 +40,9 @@ def _ms(value: float) -> str:
 
 def main_table(results: Results) -> str:
     lines = [
-        "| row | conns | req/s (median) | req/s range | p50 ms | p99 ms "
+        "| row | conns | req/s (median) | req/s range | p50 ms | p99 ms | answered "
         "| socket errors c/r/w/t | non-2xx | vs ceiling | vs floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_connections = sorted({c for _, c in results.runs})
     for connections in by_connections:
@@ -58,10 +58,15 @@ def main_table(results: Results) -> str:
             lines.append(
                 f"| {row} | {c} | {rate:,.0f} | {min(rates):,.0f} to {max(rates):,.0f} "
                 f"| {_ms(statistics.median(r.p50_ms for r in runs))} "
-                f"| {_ms(statistics.median(r.p99_ms for r in runs))} | {errors} "
+                f"| {_ms(statistics.median(r.p99_ms for r in runs))} "
+                f"| {sum(r.answered for r in runs):,} | {errors} "
                 f"| {sum(r.non_2xx for r in runs)} | {_ratio(rate, ceiling)} "
                 f"| {_ratio(rate, floor)} |"
             )
+    lines.append("")
+    lines.append("answered: responses that arrived, summed over the rounds. wrk counts only those: "
+                 "a request still open when a run ends is in no column, so a row with fewer "
+                 "answers than connections did not finish, whatever its error columns say.")
     return "\n".join(lines)
 
 

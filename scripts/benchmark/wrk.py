@@ -20,6 +20,7 @@ UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 @dataclass(frozen=True)
 class WrkResult:
     requests_per_second: float
+    answered: int  # responses that arrived (wrk counts nothing still open at the end)
     p50_ms: float
     p99_ms: float
     connect: int
@@ -55,6 +56,7 @@ def parse(output: str) -> WrkResult:
     p99 = re.search(r"\n\s+99%\s+(\S+)", output)
     return WrkResult(
         requests_per_second=float(number(r"Requests/sec:\s+([\d.]+)")),
+        answered=int(number(r"(\d+) requests in ")),
         p50_ms=to_ms(p50.group(1)) if p50 else float("nan"),
         p99_ms=to_ms(p99.group(1)) if p99 else float("nan"),
         connect=connect, read=read, write=write, timeout=timeout,
