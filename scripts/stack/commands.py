@@ -86,7 +86,9 @@ def check_ports_free(cfg: StackConfig) -> None:
 
 
 def prepare(cfg: StackConfig) -> Supervisor:
-    for sub in ("run", "log", "mongo", "redis", "broker", "tls"):
+    # nginx.d/: config files tools drop in (nginx.conf includes them; see scripts/bench).
+    subs = ("run", "log", "mongo", "redis", "broker", "tls", "nginx.d/http", "nginx.d/server")
+    for sub in subs:
         cfg.path(sub).mkdir(parents=True, exist_ok=True)
     temp = cfg.path("nginx-temp")
     temp.mkdir(exist_ok=True)

@@ -1,0 +1,51 @@
+"""The framework's floor: a bare Tornado handler answering every GET with the first page's bytes
+from memory, on uvloop and with the HTTPServer options of the real instances (server/web/main.py).
+
+    python -m scripts.benchmark.floor --port 18101 --body-file var/bench/first-page.json
+
+scripts/bench starts one per core behind the stack's nginx and stops them by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+import uvloop
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, RequestHandler
+
+
+class PageHandler(RequestHandler):
+    def initialize(self, body: bytes) -> None:
+        self.body = body
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.write(self.body)
+
+
+async def serve(port: int, body: bytes) -> None:
+    app = Application([(r"/.*", PageHandler, {"body": body})])
+    server = HTTPServer(app, xheaders=True, idle_connection_timeout=75, body_timeout=30)
+    server.listen(port, "127.0.0.1")
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
+    server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--body-file", type=Path, required=True)
+    args = parser.parse_args()
+    uvloop.run(serve(args.port, args.body_file.read_bytes()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The ceiling and the floor behind the stack's own nginx: conf files in <var>/nginx.d/, which
+nginx.conf includes (http level and server level), and a graceful reload (HUP to nginx's pid).
+
+- `/bench/ceiling`: nginx serves the first page's exact bytes as a static file;
+- `/bench/floor`: the same proxy settings as every instance location (conf/nginx-proxy.conf.in)
+  to an upstream of bare Tornado processes (floor.py), one per core.
+Both are removed, and nginx reloaded again, when the benchmark ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from scripts.local_services import free_port
+from scripts.stack.config import StackConfig, StackError, render
+from scripts.stack.supervisor import check_nginx_conf
+
+CEILING, FLOOR = "/bench/ceiling", "/bench/floor"
+CONF_NAME = "todo-bench.conf"
+RELOAD_TIMEOUT = 15.0
+
+
+class Hooks:
+    def __init__(self, cfg: StackConfig, body: bytes) -> None:
+        self.cfg = cfg
+        self.dir = cfg.path("bench")
+        # nginx's workers run unprivileged: the var dir may be closed to them (a pytest tmp dir
+        # is 0700), so the static file lives in a directory of its own that they can read.
+        self.static_dir = Path(tempfile.mkdtemp(prefix="todo-bench-static-"))
+        self.static_dir.chmod(0o755)
+        self.body_file = self.static_dir / "first-page.json"
+        self.http_conf = cfg.path("nginx.d", "http", CONF_NAME)
+        self.server_conf = cfg.path("nginx.d", "server", CONF_NAME)
+        self.body = body
+        self.floors: list[subprocess.Popen[bytes]] = []
+
+    def supported(self) -> bool:
+        """False for a stack whose nginx.conf predates the nginx.d includes."""
+        conf = self.cfg.path("run", "nginx.conf")
+        return conf.exists() and "nginx.d/server/" in conf.read_text()
+
+    def install(self, floor_processes: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.body_file.write_bytes(self.body)
+        self.body_file.chmod(0o644)
+        ports = [free_port() for _ in range(floor_processes)]
+        for port in ports:
+            self._start_floor(port)
+        self.http_conf.parent.mkdir(parents=True, exist_ok=True)
+        self.server_conf.parent.mkdir(parents=True, exist_ok=True)
+        self.http_conf.write_text(upstream_conf(ports))
+        self.server_conf.write_text(locations_conf(self.cfg, self.body_file))
+        try:
+            check_nginx_conf(self.cfg)
+        except StackError:
+            self._remove_files()
+            raise
+        reload_nginx(self.cfg)
+        for path in (CEILING, FLOOR):
+            wait_for(self.cfg.base_url + path, present=True)
+
+    def remove(self) -> None:
+        """Undo install: files gone, nginx reloaded, floor processes stopped (by PID)."""
+        had_conf = self.server_conf.exists()
+        self._remove_files()
+        if had_conf:
+            reload_nginx(self.cfg)
+            wait_for(self.cfg.base_url + CEILING, present=False)
+        for process in self.floors:
+            process.terminate()
+        for process in self.floors:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self.floors = []
+
+    def _remove_files(self) -> None:
+        for path in (self.server_conf, self.http_conf):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.static_dir, ignore_errors=True)
+
+    def _start_floor(self, port: int) -> None:
+        with (self.dir / f"floor-{port}.log").open("wb") as log:  # the child keeps its copy
+            self.floors.append(subprocess.Popen(
+                [sys.executable, "-m", "scripts.benchmark.floor", "--port", str(port),
+                 "--body-file", str(self.body_file)], stdout=log, stderr=subprocess.STDOUT,
+            ))
+        wait_for(f"http://127.0.0.1:{port}/", present=True)
+
+    def floor_pids(self) -> list[int]:
+        return [process.pid for process in self.floors]
+
+
+def upstream_conf(ports: list[int]) -> str:
+    servers = "\n".join(f"    server 127.0.0.1:{port};" for port in ports)
+    # As upstream todo_instances in conf/nginx.conf.in.
+    return (f"# Written by scripts/bench; removed when it ends.\nupstream bench_floor {{\n"
+            f"{servers}\n    keepalive 128;\n    keepalive_requests 100000;\n"
+            f"    keepalive_timeout 60s;\n}}\n")
+
+
+def locations_conf(cfg: StackConfig, body_file: Path) -> str:
+    proxy = render("nginx-proxy.conf.in", {
+        "rate_limit_burst": cfg.rate_limit_burst,
+        "upstream_tries": max(2, min(cfg.instances, 3)),
+    }).split("\n", 2)[2]
+    if "proxy_pass http://todo_instances;" not in proxy:
+        raise StackError("conf/nginx-proxy.conf.in no longer proxies to todo_instances")
+    proxy = proxy.replace("proxy_pass http://todo_instances;", "proxy_pass http://bench_floor;")
+    return (f"# Written by scripts/bench; removed when it ends.\n"
+            f"location = {CEILING} {{\n    default_type application/json;\n"
+            f"    alias {body_file};\n}}\n"
+            f"location = {FLOOR} {{\n{proxy}}}\n")
+
+
+def reload_nginx(cfg: StackConfig) -> None:
+    """A graceful reload: new workers take the new config, old ones finish what they serve."""
+    try:
+        pid = int(cfg.path("run", "nginx.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        raise StackError(f"no nginx pid in {cfg.path('run', 'nginx.pid')}") from None
+    os.kill(pid, signal.SIGHUP)
+
+
+def wait_for(url: str, *, present: bool, timeout: float = RELOAD_TIMEOUT) -> None:
+    """Until `url` answers 200 (present) or no longer does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                ok = response.status == 200
+        except (urllib.error.URLError, OSError):
+            ok = False
+        if ok == present:
+            # Old workers may still hold keep-alive connections; new ones get the new config.
+            time.sleep(0.5)
+            return
+        time.sleep(0.1)
+    raise StackError(f"{url} did not {'appear' if present else 'go away'} within {timeout:.0f}s")
