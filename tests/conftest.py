@@ -107,21 +107,29 @@ def make_settings(mongo_uri: str, redis_url: str, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def settings(route: str, request: pytest.FixtureRequest) -> Settings:
-    if route == NGINX:
-        return stack_settings(request.getfixturevalue("nginx_stack"))
+    if route in STACK_ROUTES:
+        return stack_settings(stack_of(route, request))
     return make_settings(request.getfixturevalue("mongo_uri"), request.getfixturevalue("redis_url"))
 
 
-# -- the two routes of the contract tests ---------------------------------------------------
-INSTANCE, NGINX = "instance", "nginx"
+# -- the three routes of the contract tests -------------------------------------------------
+# One instance in the test's loop; the session stack's nginx, whose edge answers cached first
+# pages itself; and a second stack with the edge off, where nginx only proxies.
+INSTANCE, NGINX, NGINX_EDGE_OFF = "instance", "nginx", "nginx-edge-off"
+STACK_ROUTES = {NGINX: "nginx_stack", NGINX_EDGE_OFF: "nginx_stack_edge_off"}
+
+
+def stack_of(route: str, request: pytest.FixtureRequest) -> StackConfig:
+    stack: StackConfig = request.getfixturevalue(STACK_ROUTES[route])
+    return stack
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Contract tests that talk to the API run through both routes."""
+    """Contract tests that talk to the API run through every route."""
     definition = metafunc.definition
     if ("api" in metafunc.fixturenames and definition.get_closest_marker("contract")
             and not definition.get_closest_marker("instance_only")):
-        metafunc.parametrize("route", [INSTANCE, NGINX], indirect=True)
+        metafunc.parametrize("route", [INSTANCE, NGINX, NGINX_EDGE_OFF], indirect=True)
 
 
 @pytest.fixture
@@ -149,19 +157,29 @@ def stack_config(var: Path, db_name: str, **overrides: Any) -> StackConfig:
     return StackConfig(**values)
 
 
-@pytest.fixture(scope="session")
-def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis.
-    Its edge is on (nginx answers cached first pages itself); TODO_TEST_EDGE=off runs the
-    contract tests through nginx with it off."""
-    config = stack_config(tmp_path_factory.mktemp("nginx-stack") / "var", "todo_contract",
-                          edge=os.environ.get("TODO_TEST_EDGE", "on") != "off")
+def session_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, edge: bool
+) -> Iterator[StackConfig]:
+    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis."""
+    config = stack_config(tmp_path_factory.mktemp(name) / "var", "todo_contract", edge=edge)
     # On a thread of its own: `up` runs asyncio.run, which would unset the event loop of the
     # test that first asks for the stack.
     with ThreadPoolExecutor(max_workers=1) as thread:
         thread.submit(commands.up, config).result()
         yield config
         thread.submit(commands.down, config).result()
+
+
+@pytest.fixture(scope="session")
+def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    """The session's stack with the edge on (nginx answers cached first pages itself)."""
+    yield from session_stack(tmp_path_factory, "nginx-stack", edge=True)
+
+
+@pytest.fixture(scope="session")
+def nginx_stack_edge_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    """A second stack whose nginx only proxies: the contract holds both ways."""
+    yield from session_stack(tmp_path_factory, "nginx-stack-edge-off", edge=False)
 
 
 def stack_settings(cfg: StackConfig) -> Settings:
@@ -219,7 +237,7 @@ def query_counter(
     route: str, request: pytest.FixtureRequest
 ) -> Iterator[QueryCounter | ProfiledFinds]:
     """Counts the list queries MongoDB receives, through either route."""
-    if route == NGINX:
+    if route in STACK_ROUTES:
         profiled = ProfiledFinds(request.getfixturevalue("settings"))
         yield profiled
         profiled.close()
@@ -291,7 +309,7 @@ def stop_services(io_loop: Any, services: Services, *, drop: bool = True) -> Non
 def services(
     io_loop: Any, settings: Settings, route: str, request: pytest.FixtureRequest
 ) -> Iterator[Services]:
-    shared = route == NGINX
+    shared = route in STACK_ROUTES
     # Direct, the instance is the test's own: its MongoDB client tells the query counter.
     counter = None if shared else request.getfixturevalue("query_counter")
     services = start_services(io_loop, settings, counter)
@@ -385,9 +403,9 @@ class Api:
 
 @pytest.fixture
 def api(route: str, request: pytest.FixtureRequest) -> Iterator[Api]:
-    if route == NGINX:
+    if route in STACK_ROUTES:
         request.getfixturevalue("services")  # empties the stack's data before and after
-        client = Api(request.getfixturevalue("nginx_stack").base_url)
+        client = Api(stack_of(route, request).base_url)
     else:
         request.getfixturevalue("http_server")
         client = Api(request.getfixturevalue("base_url"))
