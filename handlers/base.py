@@ -231,7 +231,7 @@ class APIHandler(RequestHandler):
         if isinstance(value, PyMongoError):
             self.metrics.mongo_error(unavailable=database_unavailable(value))
         if isinstance(value, ApiError) and value.status < 500:
-            return  # the client's mistake: the access log line is enough
+            return  # the client's mistake: nginx's access log line (with the id) is enough
         if isinstance(value, ApiError) or database_unavailable(value):
             log.warning("%s %s -> 503: %s", self.request.method, self.request.uri, value)
             return
