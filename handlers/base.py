@@ -14,7 +14,13 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.errors import (
+    ApiError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import INVALID_TOKEN, Principal
@@ -25,6 +31,7 @@ from server.web.services import Services
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
+OVERLOADED = "server busy, try again shortly"
 
 
 def database_unavailable(exc: BaseException | None) -> bool:
@@ -39,6 +46,10 @@ class APIHandler(RequestHandler):
     """Bodies are streamed in so that one over the limit is refused before it is held whole."""
 
     requires_auth = True
+    # Refused with a 503 while the instance serves max_in_flight requests (health checks and
+    # metrics are not: they must answer an overloaded instance too).
+    sheddable = True
+    shed = False
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -120,6 +131,11 @@ class APIHandler(RequestHandler):
         # A wrong method is a 405 even without a token (Tornado would only find out later).
         if self.request.method not in self.allowed_methods():
             raise HTTPError(405)
+        if self.sheddable and self.in_flight.count > self.services.settings.max_in_flight:
+            # Overloaded: a quick 503 the client can retry beats queueing for seconds behind
+            # MongoDB's pool until timeouts. Nothing has been read or written yet.
+            self.shed = True
+            raise ServiceUnavailable(OVERLOADED)
         declared = self._declared_length()
         if declared is not None and declared > self.body_limit:
             raise PayloadTooLarge(self.too_large_message())
@@ -243,7 +259,7 @@ class APIHandler(RequestHandler):
     ) -> None:
         if isinstance(value, PyMongoError):
             self.metrics.mongo_error(unavailable=database_unavailable(value))
-        if isinstance(value, ApiError) and value.status < 500:
+        if (isinstance(value, ApiError) and value.status < 500) or self.shed:
             return  # the client's mistake: nginx's access log line (with the id) is enough
         if isinstance(value, ApiError) or database_unavailable(value):
             log.warning("%s %s -> 503: %s", self.request.method, self.request.uri, value)

@@ -137,7 +137,9 @@ class AccessLog:
         status = handler.get_status()
         duration = handler.request.request_time()
         slow = duration >= self.slow_seconds
-        if status < 500 and not slow and (
+        # A request shed under overload is sampled like a 4xx: logging each would add load.
+        quiet = status < 500 or getattr(handler, "shed", False)
+        if quiet and not slow and (
             self.sample <= 0 or random.random() >= self.sample  # noqa: S311
         ):
             return
