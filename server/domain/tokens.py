@@ -115,7 +115,7 @@ class TokenService:
                 self._resync.request()
         if revoked:
             raise Unauthorized(INVALID_TOKEN)
-        return principal, None if found is None else found[2:]
+        return principal, None if found is None or not extra else found[2:]
 
     async def revoke(self, principal: Principal) -> None:
         expires_at = datetime.fromtimestamp(principal.expires_at, UTC)

@@ -121,14 +121,18 @@ class PageCache:
         """The cached page of `owner`, loading it with `load()` at most once per miss.
 
         `read`: the values of read_keys(owner), if the caller already fetched them from
-        Redis in this request (None: fetch them here).
+        Redis in this request: a fresh page there is served without another round trip.
         """
         page_key, version_key, lock_key = self._keys(owner)
+        if read is not None and read[0] is not None and not self._distrusted:
+            fresh_until, page = _unwrap(_as_bytes(read[0]))
+            if time.time() * 1000 < fresh_until:
+                self.hits += 1
+                return page
+        # A miss or a stale page is decided on a read made here, just before taking the lock:
+        # an older read could let a second request reload a page the first just stored.
         for _attempt in range(3):
-            found = read if read is not None else await self.guard.run(
-                lambda r: r.mget(page_key, version_key), default=None
-            )
-            read = None  # a retry reads again
+            found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
             if found is None or self._distrusted:
                 return await self._load_once(owner, load)
             stored, raw_version = found
