@@ -41,6 +41,20 @@ def database_unavailable(exc: BaseException | None) -> bool:
     )
 
 
+_IMPLEMENTED: dict[type[RequestHandler], tuple[str, ...]] = {}
+
+
+def _implemented_methods(handler: type[RequestHandler]) -> tuple[str, ...]:
+    # Once per class, not on every request's method check.
+    methods = _IMPLEMENTED.get(handler)
+    if methods is None:
+        methods = _IMPLEMENTED[handler] = tuple(
+            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(handler, method.lower()) is not getattr(RequestHandler, method.lower())
+        )
+    return methods
+
+
 @stream_request_body
 class APIHandler(RequestHandler):
     """Bodies are streamed in so that one over the limit is refused before it is held whole."""
@@ -112,12 +126,9 @@ class APIHandler(RequestHandler):
             raise NotFound("not found") from None
 
     @classmethod
-    def allowed_methods(cls) -> list[str]:
+    def allowed_methods(cls) -> tuple[str, ...]:
         """The HTTP methods this handler implements (for 405 and its Allow header)."""
-        return [
-            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if getattr(cls, method.lower()) is not getattr(RequestHandler, method.lower())
-        ]
+        return _implemented_methods(cls)
 
     async def prepare(self) -> None:
         try:
