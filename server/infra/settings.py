@@ -57,7 +57,7 @@ class Settings:
     slow_request_ms: int = 500
     access_log_sample: float = 0.01
     mongo_pool_size: int = 100
-    max_in_flight: int = 1000
+    max_in_flight: int = 1500
     xheaders: bool = False
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
