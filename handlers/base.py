@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from types import TracebackType
 from typing import Any
@@ -14,7 +14,13 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server.domain.errors import ApiError, NotFound, PayloadTooLarge, Unauthorized
+from server.domain.errors import (
+    ApiError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import INVALID_TOKEN, Principal
@@ -25,6 +31,7 @@ from server.web.services import Services
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
+OVERLOADED = "server busy, try again shortly"
 
 
 def database_unavailable(exc: BaseException | None) -> bool:
@@ -34,11 +41,29 @@ def database_unavailable(exc: BaseException | None) -> bool:
     )
 
 
+_IMPLEMENTED: dict[type[RequestHandler], tuple[str, ...]] = {}
+
+
+def _implemented_methods(handler: type[RequestHandler]) -> tuple[str, ...]:
+    # Once per class, not on every request's method check.
+    methods = _IMPLEMENTED.get(handler)
+    if methods is None:
+        methods = _IMPLEMENTED[handler] = tuple(
+            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(handler, method.lower()) is not getattr(RequestHandler, method.lower())
+        )
+    return methods
+
+
 @stream_request_body
 class APIHandler(RequestHandler):
     """Bodies are streamed in so that one over the limit is refused before it is held whole."""
 
     requires_auth = True
+    # Refused with a 503 while the instance serves max_in_flight requests (health checks and
+    # metrics are not: they must answer an overloaded instance too).
+    sheddable = True
+    shed = False
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -101,12 +126,9 @@ class APIHandler(RequestHandler):
             raise NotFound("not found") from None
 
     @classmethod
-    def allowed_methods(cls) -> list[str]:
+    def allowed_methods(cls) -> tuple[str, ...]:
         """The HTTP methods this handler implements (for 405 and its Allow header)."""
-        return [
-            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if getattr(cls, method.lower()) is not getattr(RequestHandler, method.lower())
-        ]
+        return _implemented_methods(cls)
 
     async def prepare(self) -> None:
         try:
@@ -120,6 +142,11 @@ class APIHandler(RequestHandler):
         # A wrong method is a 405 even without a token (Tornado would only find out later).
         if self.request.method not in self.allowed_methods():
             raise HTTPError(405)
+        if self.sheddable and self.in_flight.count > self.services.settings.max_in_flight:
+            # Overloaded: a quick 503 the client can retry beats queueing for seconds behind
+            # MongoDB's pool until timeouts. Nothing has been read or written yet.
+            self.shed = True
+            raise ServiceUnavailable(OVERLOADED)
         declared = self._declared_length()
         if declared is not None and declared > self.body_limit:
             raise PayloadTooLarge(self.too_large_message())
@@ -182,7 +209,20 @@ class APIHandler(RequestHandler):
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(INVALID_TOKEN)
-        return await self.services.tokens.verify(token.strip())
+        keys_of = self.redis_keys_to_read()
+        principal, self.redis_read = await self.services.tokens.verify_and_read(
+            token.strip(), keys_of
+        )
+        return principal
+
+    # The values of the Redis keys redis_keys_to_read() named, read with the token's
+    # revocation in one round trip (None when Redis was not asked or could not answer).
+    redis_read: list[Any] | None = None
+
+    def redis_keys_to_read(self) -> Callable[[Principal], Sequence[str]] | None:
+        """The Redis keys this request will read, given its caller: a handler whose request
+        reads Redis anyway names them here, to save a round trip."""
+        return None
 
     def on_finish(self) -> None:
         self._untrack()
@@ -230,8 +270,8 @@ class APIHandler(RequestHandler):
     ) -> None:
         if isinstance(value, PyMongoError):
             self.metrics.mongo_error(unavailable=database_unavailable(value))
-        if isinstance(value, ApiError) and value.status < 500:
-            return  # the client's mistake: the access log line is enough
+        if (isinstance(value, ApiError) and value.status < 500) or self.shed:
+            return  # the client's mistake: nginx's access log line (with the id) is enough
         if isinstance(value, ApiError) or database_unavailable(value):
             log.warning("%s %s -> 503: %s", self.request.method, self.request.uri, value)
             return

@@ -9,6 +9,7 @@ from .base import APIHandler
 
 class HealthHandler(APIHandler):
     requires_auth = False
+    sheddable = False
 
     def get(self) -> None:
         """The process is alive and its event loop answers."""
@@ -17,6 +18,7 @@ class HealthHandler(APIHandler):
 
 class ReadinessHandler(APIHandler):
     requires_auth = False
+    sheddable = False
 
     async def get(self) -> None:
         """MongoDB and Redis both answer; otherwise 503 naming the one that does not."""
@@ -38,6 +40,7 @@ class ReadinessHandler(APIHandler):
 
 class OpenAPIHandler(APIHandler):
     requires_auth = False
+    sheddable = False
 
     def get(self) -> None:
         """This API described in OpenAPI 3.1."""

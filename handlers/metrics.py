@@ -9,6 +9,7 @@ from .base import APIHandler
 
 class MetricsHandler(APIHandler):
     requires_auth = False
+    sheddable = False
 
     async def get(self) -> None:
         """Request counts and latencies, cache and dependency errors, in Prometheus text."""

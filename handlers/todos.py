@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode
 
 from server.domain import validation
+from server.domain.tokens import Principal
 from server.domain.validation import DEFAULT_LIMIT, ListQuery
 
 from .base import APIHandler
 
 
 class TodoListHandler(APIHandler):
+    def redis_keys_to_read(self) -> Callable[[Principal], Sequence[str]] | None:
+        # No query at all: the default first page, which is read from the cache.
+        if self.request.method == "GET" and not self.request.query_arguments:
+            return lambda principal: self.todos.first_page_keys(principal.user_id)
+        return None
+
     async def get(self) -> None:
         """The caller's todos, newest first, with a link to the next page."""
         query = validation.list_query(self.request.query_arguments)
-        page = await self.todos.list_page(owner=self.user_id, query=query)
+        page = await self.todos.list_page(
+            owner=self.user_id, query=query, read=self.redis_read
+        )
         next_link = json.dumps(self._next_link(query, page.next_cursor)).encode()
         # The page is already JSON (as cached): wrap it rather than decode and encode it again.
         self.set_header("Content-Type", "application/json; charset=UTF-8")

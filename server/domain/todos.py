@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -223,11 +224,20 @@ class TodoStore:
         await self.cache.invalidate(str(owner))
         await self.events.todo_deleted(owner, todo_id)
 
-    async def list_page(self, *, owner: ObjectId, query: ListQuery) -> Page:
-        """A page newest first; the first page of the default query comes from the cache."""
+    def first_page_keys(self, owner: ObjectId) -> Sequence[str]:
+        """The Redis keys a cached first-page read starts with (see list_page's `read`)."""
+        return self.cache.read_keys(str(owner))
+
+    async def list_page(
+        self, *, owner: ObjectId, query: ListQuery, read: Sequence[Any] | None = None
+    ) -> Page:
+        """A page newest first; the first page of the default query comes from the cache.
+
+        `read`: the values of first_page_keys(owner), when already read from Redis.
+        """
         if query.is_default:
             raw = await self.cache.get_or_load(
-                str(owner), lambda: self._load_page(owner, query)
+                str(owner), lambda: self._load_page(owner, query), read
             )
             return Page.from_bytes(raw)
         return Page.from_bytes(await self._load_page(owner, query))

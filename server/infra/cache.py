@@ -16,7 +16,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -108,16 +108,35 @@ class PageCache:
         # Spread expiries so that pages cached together do not all expire together.
         return int(self.ttl * 1000 * random.uniform(1 - TTL_JITTER, 1))  # noqa: S311
 
-    async def get_or_load(self, owner: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The cached page of `owner`, loading it with `load()` at most once per miss."""
+    def read_keys(self, owner: str) -> tuple[str, str]:
+        """What get_or_load reads first, for a caller that reads them along with other keys."""
+        return self._keys(owner)[:2]
+
+    async def get_or_load(
+        self,
+        owner: str,
+        load: Callable[[], Awaitable[bytes]],
+        read: Sequence[Any] | None = None,
+    ) -> bytes:
+        """The cached page of `owner`, loading it with `load()` at most once per miss.
+
+        `read`: the values of read_keys(owner), if the caller already fetched them from
+        Redis in this request: a fresh page there is served without another round trip.
+        """
         page_key, version_key, lock_key = self._keys(owner)
+        if read is not None and read[0] is not None and not self._distrusted:
+            fresh_until, page = _unwrap(_as_bytes(read[0]))
+            if time.time() * 1000 < fresh_until:
+                self.hits += 1
+                return page
+        # A miss or a stale page is decided on a read made here, just before taking the lock:
+        # an older read could let a second request reload a page the first just stored.
         for _attempt in range(3):
             found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
             if found is None or self._distrusted:
                 return await self._load_once(owner, load)
             stored, raw_version = found
             version = _as_bytes(raw_version or b"")
-            token = secrets.token_hex(8)
             if stored is not None:
                 fresh_until, page = _unwrap(_as_bytes(stored))
                 if time.time() * 1000 < fresh_until:
@@ -126,11 +145,13 @@ class PageCache:
                 # Past its freshness: one request reloads it, the others get this previous
                 # copy meanwhile. It is still the latest (a write would have deleted it), so
                 # this keeps read-your-writes.
+                token = secrets.token_hex(8)
                 if await self._lock(lock_key, token):
                     return await self._load_and_store(owner, load, version, token)
                 self.hits += 1
                 return page
             self.misses += 1
+            token = secrets.token_hex(8)
             locked = await self._lock(lock_key, token)
             if locked is None:
                 return await self._load_once(owner, load)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+ZERO = timedelta(0)
 
 
 def utc_now() -> datetime:
@@ -15,4 +17,8 @@ def isoformat(moment: datetime | None) -> str | None:
     """ISO 8601 in UTC with milliseconds and `Z` (`2026-11-28T01:22:44.192Z`); None stays None."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Called for every date of every listed todo: skip the conversion when already UTC (as
+    # MongoDB's are), and cut the "+00:00" rather than search for it.
+    if moment.utcoffset() != ZERO:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"

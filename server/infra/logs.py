@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import random
 import re
 import uuid
 from collections.abc import Callable
@@ -121,10 +122,35 @@ def install(*, level: int, stream: TextIO) -> Callable[[], None]:
     return stop
 
 
-def log_access(handler: RequestHandler, route: str) -> None:
-    """One line per finished request (Tornado's log_function), at Tornado's levels."""
+class AccessLog:
+    """Which finished requests an instance logs: nginx's JSON access log already has a line
+    for every request, with its id, so one line here per request is formatting work under the
+    GIL for nothing. Logged are server errors (5xx), slow requests, and a sampled share; a 4xx
+    is the client's mistake, in nginx's log with its id, and logged here only when sampled or
+    slow (a flood of bad tokens must not become a flood of log lines)."""
+
+    def __init__(self, *, slow_ms: float, sample: float) -> None:
+        self.slow_seconds = slow_ms / 1000
+        self.sample = sample
+
+    def __call__(self, handler: RequestHandler, route: str) -> None:
+        status = handler.get_status()
+        duration = handler.request.request_time()
+        slow = duration >= self.slow_seconds
+        # A request shed under overload is sampled like a 4xx: logging each would add load.
+        quiet = status < 500 or getattr(handler, "shed", False)
+        if quiet and not slow and (
+            self.sample <= 0 or random.random() >= self.sample  # noqa: S311
+        ):
+            return
+        log_access(handler, route, status=status, duration=duration, slow=slow)
+
+
+def log_access(
+    handler: RequestHandler, route: str, *, status: int, duration: float, slow: bool = False
+) -> None:
+    """One access line, at Tornado's levels; a slow success is a warning."""
     request = handler.request
-    status = handler.get_status()
     user = handler.current_user
     fields = {
         "request_id": getattr(handler, "request_id", None),
@@ -133,10 +159,12 @@ def log_access(handler: RequestHandler, route: str) -> None:
         "method": request.method,
         "path": request.path,
         "status": status,
-        "duration_ms": round(request.request_time() * 1000, 3),
+        "duration_ms": round(duration * 1000, 3),
         "remote_ip": request.remote_ip,
     }
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if slow and level < logging.WARNING:
+        level = logging.WARNING
     access_log.log(
         level, "%s %s %d", request.method, request.path, status, extra={FIELDS: fields}
     )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import secrets
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from pymongo.errors import PyMongoError
 from redis.connection import parse_url as parse_redis_url
 from tornado.options import Error as OptionsError
 from tornado.options import OptionParser
+
+from server.infra import secret_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONF_FILE = PROJECT_ROOT / "conf" / "todo.ini"
@@ -54,6 +54,10 @@ class Settings:
     # An import's file (POST /jobs as multipart/form-data): the one route with a large body.
     max_upload_size: int = 50 * 1024 * 1024
     shutdown_timeout: float = 10.0
+    slow_request_ms: int = 500
+    access_log_sample: float = 0.01
+    mongo_pool_size: int = 100
+    max_in_flight: int = 1500
     xheaders: bool = False
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
@@ -100,6 +104,12 @@ OPTIONS: dict[str, tuple[type, str]] = {
                              "multipart/form-data (TODO_MAX_UPLOAD_SIZE)"),
     "shutdown_timeout": (float, "seconds in-flight requests get to finish on SIGTERM "
                                 "(TODO_SHUTDOWN_TIMEOUT)"),
+    "slow_request_ms": (int, "requests slower than this (ms) are logged (TODO_SLOW_REQUEST_MS)"),
+    "access_log_sample": (float, "share of other requests logged, 0-1; 5xx always are "
+                                 "(TODO_ACCESS_LOG_SAMPLE)"),
+    "mongo_pool_size": (int, "MongoDB connections per instance (TODO_MONGO_POOL_SIZE)"),
+    "max_in_flight": (int, "requests one instance serves at once; more get 503 + Retry-After "
+                           "(TODO_MAX_IN_FLIGHT)"),
     "xheaders": (bool, "trust X-Real-IP / X-Forwarded-* (only behind nginx) (TODO_XHEADERS)"),
     "ws_ping_interval": (float, "seconds between WebSocket pings to each client "
                                 "(TODO_WS_PING_INTERVAL)"),
@@ -242,6 +252,10 @@ def _validate(values: dict[str, Any]) -> None:
         (values["max_body_size"] >= 1024, "max_body_size must be at least 1024 bytes"),
         (values["max_upload_size"] >= 1024, "max_upload_size must be at least 1024 bytes"),
         (values["shutdown_timeout"] >= 0, "shutdown_timeout must not be negative"),
+        (values["slow_request_ms"] >= 1, "slow_request_ms must be at least 1"),
+        (0 <= values["access_log_sample"] <= 1, "access_log_sample must be between 0 and 1"),
+        (values["mongo_pool_size"] >= 1, "mongo_pool_size must be at least 1"),
+        (values["max_in_flight"] >= 1, "max_in_flight must be at least 1"),
         (values["ws_ping_interval"] > 0, "ws_ping_interval must be positive"),
         (0 < values["ws_ping_timeout"] <= values["ws_ping_interval"],
          "ws_ping_timeout must be positive and at most ws_ping_interval"),
@@ -257,22 +271,9 @@ def _validate(values: dict[str, Any]) -> None:
 def load_or_create_secret(path: Path) -> str:
     """Read the signing secret kept in `path`, creating it (mode 0600) on first run."""
     try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        secret = secrets.token_urlsafe(48)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-        except FileExistsError:
-            # Another instance created it first: use theirs, so all instances sign alike.
-            return load_or_create_secret(path)
-        except OSError as exc:
-            raise SettingsError(f"cannot create secret file {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secret + "\n")
-    except OSError as exc:
-        raise SettingsError(f"cannot read secret file {path}: {exc.strerror}") from None
-    return secret
+        return secret_file.load_or_create_secret(path)
+    except secret_file.SecretFileError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def load_settings(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:

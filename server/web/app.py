@@ -18,10 +18,12 @@ from server.web.services import Services
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "openapi.json"
 
 
-def request_finished(metrics: Metrics, handler: RequestHandler) -> None:
+def request_finished(
+    metrics: Metrics, access_log: logs.AccessLog, handler: RequestHandler
+) -> None:
     """Tornado's log_function: the one place that sees every finished request."""
     route = metrics.route_of(handler)
-    logs.log_access(handler, route)
+    access_log(handler, route)
     metrics.observe(handler, route)
 
 
@@ -35,12 +37,16 @@ def make_app(services: Services) -> Application:
         *ws.default_handlers,
     ]
     instance_metrics = Metrics(services, routes)
+    settings = services.settings
+    access_log = logs.AccessLog(
+        slow_ms=settings.slow_request_ms, sample=settings.access_log_sample
+    )
     return Application(
         routes,
         services=services,
         in_flight=InFlight(),
         metrics=instance_metrics,
-        log_function=partial(request_finished, instance_metrics),
+        log_function=partial(request_finished, instance_metrics, access_log),
         openapi_spec=OPENAPI_FILE.read_bytes(),
         default_handler_class=NotFoundHandler,
         debug=services.settings.debug,

@@ -44,6 +44,9 @@ def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[st
         journal=True,
         tz_aware=True,
         appname="todo-api",
+        # Sized with max_in_flight (docs/design.md): requests beyond the pool wait for a
+        # connection, and the instance sheds load before that queue grows long.
+        maxPoolSize=settings.mongo_pool_size,
         **options,
     )
 

@@ -10,12 +10,14 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from scripts.local_services import free_port
 from server.infra import logs
+from server.infra.settings import Settings
 from tests.conftest import Api, error_of, make_settings
 from tests.infra.test_metrics import serving, without_mongodb
 from tests.web.test_main import server_env, wait_until_healthy
@@ -52,6 +54,13 @@ def log_lines() -> Iterator[JsonLines]:
     yield lines
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def settings(mongo_uri: str, redis_url: str) -> Settings:
+    """Every request sampled, so that the tests below can read access lines' contents (by
+    default an instance logs only 5xx, slow requests and a 1% sample: see the tests at the end)."""
+    return make_settings(mongo_uri, redis_url, access_log_sample=1.0)
 
 
 def test_request_ids_must_be_short_plain_tokens():
@@ -170,7 +179,8 @@ async def test_access_lines_carry_route_status_and_the_authenticated_user(api, l
 async def test_remote_ip_comes_from_nginx_headers_when_xheaders_is_on(
     mongo_uri, redis_url, log_lines
 ):
-    async with serving(make_settings(mongo_uri, redis_url), xheaders=True) as api:
+    settings = make_settings(mongo_uri, redis_url, access_log_sample=1.0)
+    async with serving(settings, xheaders=True) as api:
         await api.get("/healthz", headers={"X-Real-IP": "203.0.113.7", "X-Request-ID": "ip"})
     [line] = log_lines.of("ip")
     assert line["remote_ip"] == "203.0.113.7"
@@ -200,7 +210,7 @@ async def test_the_server_process_writes_json_lines(mongo_uri, redis_url):
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "--port", str(port),
-        env=server_env(mongo_uri, redis_url),
+        env=server_env(mongo_uri, redis_url, TODO_ACCESS_LOG_SAMPLE="1"),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     api = Api(f"http://127.0.0.1:{port}")
@@ -217,3 +227,43 @@ async def test_the_server_process_writes_json_lines(mongo_uri, redis_url):
     assert ("todo", "stopped") in messages
     [access] = [e for e in entries if e.get("request_id") == "from-main"]
     assert access["route"] == "/healthz"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_by_default_a_quick_success_or_client_error_is_not_logged(
+    mongo_uri, redis_url, log_lines
+):
+    # nginx's access log has a line with the request id for every request already.
+    settings = make_settings(mongo_uri, redis_url, access_log_sample=0.0)
+    async with serving(settings) as api:
+        assert (await api.get("/healthz", headers={"X-Request-ID": "quick"})).status == 200
+        assert (await api.get("/todo", headers={"X-Request-ID": "no-token"})).status == 401
+    assert log_lines.access() == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_slow_request_is_logged_as_a_warning_with_its_id(mongo_uri, redis_url, log_lines):
+    settings = make_settings(mongo_uri, redis_url, access_log_sample=0.0, slow_request_ms=1)
+    async with serving(settings) as api:
+        # Hashing a password with argon2 takes far longer than a millisecond.
+        created = await api.post(
+            "/users", json_body={"username": "slowpoke", "password": "correct horse"},
+            headers={"X-Request-ID": "slow-1"},
+        )
+    assert created.status == 201
+    [line] = log_lines.of("slow-1")
+    assert (line["logger"], line["level"], line["status"]) == ("todo.access", "WARNING", 201)
+    assert line["duration_ms"] >= 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_server_error_is_always_logged_with_its_id(mongo_uri, redis_url, log_lines):
+    settings = without_mongodb(mongo_uri, redis_url)
+    async with serving(replace(settings, access_log_sample=0.0)) as api:
+        refused = await api.post(
+            "/users", json_body={"username": "nobody", "password": "correct horse"},
+            headers={"X-Request-ID": "five-oh-three"},
+        )
+    assert refused.status == 503
+    [access] = [line for line in log_lines.of("five-oh-three") if line["logger"] == "todo.access"]
+    assert (access["status"], access["level"], access["route"]) == (503, "ERROR", "/users")
