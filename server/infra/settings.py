@@ -102,7 +102,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "max_body_size": (int, "largest accepted request body in bytes (TODO_MAX_BODY_SIZE)"),
     "max_upload_size": (int, "largest accepted import file in bytes, uploaded to POST /jobs as "
                              "multipart/form-data (TODO_MAX_UPLOAD_SIZE)"),
-    "shutdown_timeout": (float, "seconds requests get to end on SIGTERM (TODO_SHUTDOWN_TIMEOUT)"),
+    "shutdown_timeout": (float, "seconds to finish requests on SIGTERM (TODO_SHUTDOWN_TIMEOUT)"),
     "slow_request_ms": (int, "requests slower than this (ms) are logged (TODO_SLOW_REQUEST_MS)"),
     "access_log_sample": (float, "share of other requests logged, 0-1; 5xx always are "
                                  "(TODO_ACCESS_LOG_SAMPLE)"),
