@@ -83,6 +83,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[LocalServer]:
+    """A Redis of one test's own, to stop, pause or count commands on without touching others."""
+    server = redis_server(tmp_path / "redis", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
 def redis_db(url: str, db: int) -> str:
     """`url` with another database number: the broker and the results beside the cache."""
     parts = urlsplit(url)
@@ -157,17 +166,22 @@ def stack_config(var: Path, db_name: str, **overrides: Any) -> StackConfig:
     return StackConfig(**values)
 
 
-def session_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, *, edge: bool
-) -> Iterator[StackConfig]:
-    """One whole stack for the session: nginx, two supervised instances, MongoDB, Redis."""
-    config = stack_config(tmp_path_factory.mktemp(name) / "var", "todo_contract", edge=edge)
+def running_stack(var: Path, db_name: str, **overrides: Any) -> Iterator[StackConfig]:
+    """A whole stack (nginx, two supervised instances, MongoDB, Redis), up while in use."""
+    config = stack_config(var, db_name, **overrides)
     # On a thread of its own: `up` runs asyncio.run, which would unset the event loop of the
     # test that first asks for the stack.
     with ThreadPoolExecutor(max_workers=1) as thread:
         thread.submit(commands.up, config).result()
         yield config
         thread.submit(commands.down, config).result()
+
+
+def session_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, edge: bool
+) -> Iterator[StackConfig]:
+    """One whole stack for the session's contract tests."""
+    yield from running_stack(tmp_path_factory.mktemp(name) / "var", "todo_contract", edge=edge)
 
 
 @pytest.fixture(scope="session")

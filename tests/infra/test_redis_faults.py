@@ -4,23 +4,13 @@ only once every write it missed has been replayed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from scripts.local_services import LocalServer, free_port, redis_server
+from scripts.local_services import LocalServer
 from server.infra.settings import Settings
 from tests.conftest import make_settings
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[LocalServer]:
-    server = redis_server(tmp_path / "redis", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

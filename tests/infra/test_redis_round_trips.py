@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from redis.asyncio import Redis
 
-from scripts.local_services import LocalServer, free_port, redis_server
+from scripts.local_services import LocalServer
 from server.infra.settings import Settings
 from tests.conftest import make_settings
 from tests.infra.test_redis_faults import contents
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[LocalServer]:
-    """A Redis of this test's own: its command counts are this test's alone."""
-    server = redis_server(tmp_path / "redis", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from scripts.stack import commands
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
 from server.infra.settings import load_or_create_secret
-from tests.conftest import Api, stack_config
+from tests.conftest import Api, running_stack, stack_config
 
 # What differs between any two replies, whoever answers.
 VOLATILE = {"date", "x-request-id"}
@@ -35,10 +35,7 @@ VOLATILE = {"date", "x-request-id"}
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
-    config = stack_config(tmp_path_factory.mktemp("edge") / "var", "todo_edge_test")
-    commands.up(config)
-    yield config
-    commands.down(config)
+    yield from running_stack(tmp_path_factory.mktemp("edge") / "var", "todo_edge_test")
 
 
 @pytest.fixture

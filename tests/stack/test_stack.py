@@ -28,7 +28,7 @@ from scripts.local_services import alive, free_port, port_in_use
 from scripts.stack import commands
 from scripts.stack.config import StackConfig, StackError
 from scripts.stack.supervisor import Supervisor
-from tests.conftest import Api, error_of, stack_config
+from tests.conftest import Api, error_of, running_stack
 from tests.stack.stack_load import Load
 from tests.worker.test_import import MULTIPART, csv_file, form
 
@@ -36,11 +36,8 @@ from tests.worker.test_import import MULTIPART, csv_file, form
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     """A stack of this module's own: its tests kill and restart what the others rely on."""
-    config = stack_config(tmp_path_factory.mktemp("stack") / "var", "todo_stack_test",
-                          rate_limit=20, rate_limit_burst=20)
-    commands.up(config)
-    yield config
-    commands.down(config)
+    yield from running_stack(tmp_path_factory.mktemp("stack") / "var", "todo_stack_test",
+                             rate_limit=20, rate_limit_burst=20)
 
 
 @pytest.fixture
