@@ -281,7 +281,6 @@ local function serve(headers, stored)
     ngx.header["Vary"] = VARY
     ngx.header["Content-Length"] = #body
     ngx.header["Etag"] = etag
-    ngx.header["Vary"] = "Accept-Encoding"
     ngx.print(body)
     return ngx.exit(ngx.HTTP_OK)
 end
