@@ -44,6 +44,12 @@ local JSON_TYPE = "application/json; charset=UTF-8"
 -- its own after it, on either path.
 local VARY = "Accept-Encoding"
 local METRICS = "todo_edge"
+local REFRESHES = "todo_edge_refresh"
+-- Per owner, per nginx: one request a second takes a stale or missing page to an instance.
+local REFRESH_EVERY = 1
+-- How long, in seconds, the rest of a burst wait for a missing page, looking every MISS_POLL.
+local MISS_WAIT = 1
+local MISS_POLL = 0.02
 local PUSH_INTERVAL = 1
 
 -- Set once by init() in the master; workers inherit them.
@@ -232,15 +238,31 @@ local function etag_matches(header, etag)
     return false
 end
 
-local function serve(headers, stored)
+-- Whether this request is the one (per owner, per REFRESH_EVERY seconds, across this nginx's
+-- workers) to take a stale or missing page to an instance to be (re)loaded.
+local function refresh_due(owner)
+    local dict = ngx.shared[REFRESHES]
+    if not dict then
+        return true
+    end
+    local added, err = dict:add(owner, true, REFRESH_EVERY)
+    return added or err ~= "exists"
+end
+
+local function serve(headers, owner, stored)
     local bar = str_find(stored, "|", 1, true)
     local newline = bar and str_find(stored, "\n", bar + 1, true)
     if not newline then
         return pass("unreadable")
     end
     local fresh_until = tonumber(str_sub(stored, 1, bar - 1))
-    if not fresh_until or ngx_now() * 1000 >= fresh_until then
-        -- Stale: an instance serves it while one request reloads it.
+    if not fresh_until then
+        return pass("unreadable")
+    end
+    if ngx_now() * 1000 >= fresh_until and refresh_due(owner) then
+        -- Stale: this request goes on, and its instance reloads the page. Until the new one
+        -- is stored, the others get this copy, as they would from an instance: it is still
+        -- the latest (a write deletes the page), so read-your-writes holds.
         return pass("stale")
     end
     local cursor = str_sub(stored, bar + 1, newline - 1)
@@ -327,31 +349,40 @@ function _M.access()
         end
         return pass("request")
     end
-    if ngx_now() < redis_down_until then
-        return pass("redis")
-    end
-    local res, err = fetch(owner, token_id)
-    if not res then
-        count("redis_errors")
-        redis_down_until = ngx_now() + conf.cooldown
-        ngx.log(ngx.WARN, "edge: redis failed, passing for ", conf.cooldown, "s: ", err)
-        return pass("redis")
-    end
-    if res[2] ~= ngx_null then
-        return unauthorized()  -- revoked: definitive
-    end
-    if res[3] == ngx_null then
-        return pass("unsynced")
-    end
-    for i = 4, #res do
-        if res[i] == ngx_null then
-            return pass("lease")
+    local give_up_at = ngx_now() + MISS_WAIT
+    while true do
+        if ngx_now() < redis_down_until then
+            return pass("redis")
         end
+        local res, err = fetch(owner, token_id)
+        if not res then
+            count("redis_errors")
+            redis_down_until = ngx_now() + conf.cooldown
+            ngx.log(ngx.WARN, "edge: redis failed, passing for ", conf.cooldown, "s: ", err)
+            return pass("redis")
+        end
+        if res[2] ~= ngx_null then
+            return unauthorized()  -- revoked: definitive
+        end
+        if res[3] == ngx_null then
+            return pass("unsynced")
+        end
+        for i = 4, #res do
+            if res[i] == ngx_null then
+                return pass("lease")
+            end
+        end
+        if res[1] ~= ngx_null then
+            return serve(headers, owner, res[1])
+        end
+        -- Not cached: one request goes on and its instance loads the page; the others of a
+        -- burst wait a little for it here (each look a fresh read of every key above) instead
+        -- of all falling on the instances.
+        if refresh_due(owner) or ngx_now() >= give_up_at then
+            return pass("miss")
+        end
+        ngx.sleep(MISS_POLL)
     end
-    if res[1] == ngx_null then
-        return pass("miss")
-    end
-    return serve(headers, res[1])
 end
 
 -- Adds this worker's share of the counters to the Redis hash the instances' /metrics read.

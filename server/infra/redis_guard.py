@@ -72,6 +72,10 @@ class RedisGuard:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def report_failure(self, exc: BaseException) -> None:
+        """A call made without the guard failed (another thread may say so: plain writes)."""
+        self._failed(exc)
+
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self.available:

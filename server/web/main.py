@@ -60,7 +60,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     services = open_services(settings)
     lease = EdgeLease(name=settings.instance_name, guard=services.redis, cache=services.cache,
-                      tokens=services.tokens, redis_timeout=settings.redis_timeout)
+                      tokens=services.tokens, redis_url=settings.redis_url,
+                      redis_timeout=settings.redis_timeout)
     app = make_app(services)
     server = HTTPServer(
         app, xheaders=settings.xheaders, idle_connection_timeout=75, body_timeout=30

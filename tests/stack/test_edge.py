@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -159,6 +160,44 @@ async def test_the_edge_answers_the_first_page_without_an_instance(cfg, api, red
     assert await asyncio.to_thread(instance_reads, cfg) == before
     await until_counter_reaches(redis, "hits", hits + 20)
     assert "todo_edge_hits_total" in await asyncio.to_thread(metrics_text, cfg.base_port)
+
+
+def owner_of(token: str) -> str:
+    return base64.urlsafe_b64decode(token.split(".")[0] + "==").decode().split(".")[0]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stale_page_goes_to_one_instance_while_the_edge_serves_it(cfg, api, redis):
+    # Past its freshness, a page is reloaded by one request; the rest of a burst get it from
+    # the edge meanwhile, instead of all falling on the instances.
+    token = await user_with_todos(api, "edge_stale")
+    await until_edge_serves(cfg, api, token)
+    page_key = f"todo:page:{owner_of(token)}"
+    stored = await redis.get(page_key)
+    await redis.set(page_key, b"1|" + stored.partition(b"|")[2], px=60_000)
+    await asyncio.sleep(1.1)  # no other load of this page is under way (one a second)
+    before = await asyncio.to_thread(instance_reads, cfg)
+    replies = [await api.get("/todo", token=token) for _ in range(20)]
+    assert {reply.status for reply in replies} == {200}
+    assert {len(reply.json["data"]) for reply in replies} == {3}
+    reached = await asyncio.to_thread(instance_reads, cfg) - before
+    assert 1 <= reached <= 2  # one per second at most
+    fresh_until = int((await redis.get(page_key)).partition(b"|")[0])
+    assert fresh_until > time.time() * 1000  # the instance reloaded it
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_burst_on_a_missing_page_sends_one_read_to_the_instances(cfg, api, redis):
+    token = await user_with_todos(api, "edge_burst")
+    await until_edge_serves(cfg, api, token)
+    await redis.delete(f"todo:page:{owner_of(token)}")
+    await asyncio.sleep(1.1)  # no reload of this page is under way (one a second)
+    before = await asyncio.to_thread(instance_reads, cfg)
+    replies = await asyncio.gather(*(api.get("/todo", token=token) for _ in range(30)))
+    assert {reply.status for reply in replies} == {200}
+    assert {len(reply.json["data"]) for reply in replies} == {3}
+    # One loads the page; the rest wait at the edge for it (a slow load lets one more by).
+    assert await asyncio.to_thread(instance_reads, cfg) - before <= 3
 
 
 @pytest.mark.gen_test(timeout=120)

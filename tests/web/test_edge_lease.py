@@ -5,10 +5,12 @@ instance is left (server/web/edge_lease.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from scripts.local_services import LocalServer, free_port, redis_server
@@ -35,7 +37,8 @@ def lease_services(io_loop, mongo_uri, own_redis):
 
 def lease_of(services) -> EdgeLease:
     return EdgeLease(name="test-instance", guard=services.redis, cache=services.cache,
-                     tokens=services.tokens, redis_timeout=services.settings.redis_timeout)
+                     tokens=services.tokens, redis_url=services.settings.redis_url,
+                     redis_timeout=services.settings.redis_timeout)
 
 
 async def until(condition, attempts=200):
@@ -83,3 +86,49 @@ async def test_a_write_that_missed_redis_answers_after_the_lease_is_gone(lease_s
         await admin.execute_command("CLIENT", "UNPAUSE")
         await lease.close()
         await admin.aclose()
+
+
+def watch_while_blocking(observer: SyncRedis, key: str, *, seconds: float) -> list[bool]:
+    """Whether `key` exists, every few ms for `seconds`, holding up the caller's event loop."""
+    seen, until_time = [], time.monotonic() + seconds
+    while time.monotonic() < until_time:
+        seen.append(bool(observer.exists(key)))
+        time.sleep(0.01)
+    return seen
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_lease_outlives_an_event_loop_held_up_for_several_of_its_lives(lease_services):
+    # An instance swamped by a burst the edge passed on must keep its lease, or the edge
+    # would pass everything on and the burst would feed itself.
+    port = lease_services.redis.client.connection_pool.connection_kwargs["port"]
+    lease = lease_of(lease_services)
+    lease.start()
+    observer = SyncRedis(port=port)
+    try:
+        await until(lambda: lease_services.redis.client.exists(lease.key))
+        seen = watch_while_blocking(observer, lease.key, seconds=4 * lease.lease)
+        assert len(seen) > 30
+        assert all(seen)
+    finally:
+        observer.close()
+        await lease.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_synced_marker_is_rebuilt_before_it_expires(lease_services):
+    # Gone for a moment, it would send every read past the edge to MongoDB until rebuilt.
+    redis = lease_services.redis.client
+    synced_key = lease_services.redis.key("revocations-synced")
+    lease = lease_of(lease_services)
+    lease.start()
+    try:
+        await until(lambda: redis.exists(synced_key))
+        await redis.pexpire(synced_key, 5000)  # as it stands 25 s after a rebuild
+        await until(lambda: _pttl_above(redis, synced_key, 5000))
+    finally:
+        await lease.close()
+
+
+async def _pttl_above(redis: Redis, key: str, ms: int) -> bool:
+    return await redis.pttl(key) > ms
