@@ -11,6 +11,7 @@ local redis = require "nginx.redis"
 local sha256 = require "nginx.sha256"
 local to_hex = require "nginx.string".to_hex
 local b64 = require "ngx.base64"
+local lrucache = require "resty.lrucache"
 
 local ngx = ngx
 local ngx_var = ngx.var
@@ -67,6 +68,13 @@ local connect_options
 
 -- Per worker: after a Redis error, Redis is skipped until then (seconds, ngx.now()).
 local redis_down_until = 0
+
+-- Per worker, to spare the hot path work it already did. Tokens whose signature checked out:
+-- token -> { owner, token id, expiry }; expiry and revocation are still checked every time.
+local verified = lrucache.new(10000)
+-- Replies built from a stored page: owner -> { stored, link, body, etag }, reused while the
+-- stored page and the link are the same (Lua compares interned strings by address).
+local built = lrucache.new(1000)
 
 local function count(name)
     local dict = ngx.shared[METRICS]
@@ -133,9 +141,10 @@ local function sign(payload)
     return b64.encode_base64url(mac)
 end
 
--- The token's (owner hex, token id), or nil and "invalid" when it is not a valid, unexpired
--- token of ours. Only called on a token of base64url characters, one dot.
-local function decode(token)
+-- The token's claims { owner hex, token id, expiry }, or nil and "invalid" when we did not sign
+-- it (nil and "pass": signed, but not understood). Only called on a token of base64url
+-- characters, one dot.
+local function check_signature(token)
     local dot = str_find(token, ".", 1, true)
     local payload, signature = str_sub(token, 1, dot - 1), str_sub(token, dot + 1)
     if sign(payload) ~= signature then
@@ -149,10 +158,25 @@ local function decode(token)
     end
     local first = str_find(raw, ".", 1, true)
     local last = str_find(raw, ".", first + 1, true)
-    if tonumber(str_sub(raw, last + 1)) <= ngx_now() then
+    return { str_sub(raw, 1, first - 1), str_sub(raw, first + 1, last - 1),
+             tonumber(str_sub(raw, last + 1)) }
+end
+
+-- The token's (owner hex, token id), or nil and "invalid" / "pass" (see check_signature).
+local function decode(token)
+    local claims = verified:get(token)
+    if not claims then
+        local err
+        claims, err = check_signature(token)
+        if not claims then
+            return nil, err
+        end
+        verified:set(token, claims)
+    end
+    if claims[3] <= ngx_now() then
         return nil, "invalid"
     end
-    return str_sub(raw, 1, first - 1), str_sub(raw, first + 1, last - 1)
+    return claims[1], claims[2]
 end
 
 local function unauthorized()
@@ -276,9 +300,14 @@ local function serve(headers, owner, stored)
         end
         link = '"' .. ngx_var.scheme .. "://" .. host .. "/todo?cursor=" .. cursor .. '"'
     end
-    local body = '{"data": ' .. str_sub(stored, newline + 1) .. ', "next": ' .. link .. "}"
-    -- Tornado's compute_etag.
-    local etag = '"' .. to_hex(sha1_bin(body)) .. '"'
+    local reply = built:get(owner)
+    if not reply or reply[1] ~= stored or reply[2] ~= link then
+        local body = '{"data": ' .. str_sub(stored, newline + 1) .. ', "next": ' .. link .. "}"
+        -- Tornado's compute_etag.
+        reply = { stored, link, body, '"' .. to_hex(sha1_bin(body)) .. '"' }
+        built:set(owner, reply)
+    end
+    local body, etag = reply[3], reply[4]
     local if_none_match = headers["if-none-match"]
     if if_none_match then
         if type(if_none_match) == "table" then
