@@ -29,6 +29,7 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, port_in_use
+from scripts.stack.assets import AssetError, publish_webapp
 from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError, nginx_conf, supervisord_conf
 from scripts.stack.supervisor import Supervisor, check_nginx_conf
 from server.infra.queue import load_celery_config
@@ -95,6 +96,10 @@ def prepare(cfg: StackConfig) -> Supervisor:
     temp.chmod(0o1777)  # nginx workers run unprivileged
     load_or_create_secret(cfg.path("secret"))  # before the instances race to create it
     ensure_tls_certificate(cfg)
+    try:
+        publish_webapp(cfg.path("webapp"))
+    except AssetError as exc:
+        raise StackError(f"the web app cannot be published: {exc}") from None
     supervisor = Supervisor(cfg)
     supervisor.conf.write_text(supervisord_conf(cfg))
     cfg.path("run", "nginx.conf").write_text(nginx_conf(cfg))

@@ -213,7 +213,7 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         **shared,
         "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),
         "nginx_temp": cfg.path("nginx-temp"), "listen": cfg.listen,
-        "nginx_d": cfg.path("nginx.d"),
+        "nginx_d": cfg.path("nginx.d"), "webapp_dir": cfg.path("webapp"),
         "http_port": cfg.http_port, "https_port": cfg.https_port,
         "upstream_servers": servers, "rate_limit": cfg.rate_limit,
         "rate_limit_exempt": exempt, "max_body_size": cfg.max_body_size,
