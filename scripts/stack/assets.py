@@ -10,8 +10,10 @@ imports' hashed names, so changing one module renames it and every module that i
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from server.infra.settings import PROJECT_ROOT
@@ -101,3 +103,15 @@ def publish_webapp(target: Path, source: Path = WEBAPP_SOURCE) -> dict[str, str]
     root = source.resolve()
     return {str(path.relative_to(root)): f"/assets/{name}"
             for path, name in publisher.published.items()}
+
+
+def unreachable_for_workers(target: Path) -> Path | None:
+    """The first folder above `target` that nginx's workers cannot pass through, if any.
+    Started by root, nginx runs its workers as an unprivileged user, which reaches the files
+    only through folders open to others (o+x); a 0700 home or temp folder hides them."""
+    if os.geteuid() != 0:
+        return None  # the workers run as the user who owns the files
+    for folder in reversed(target.resolve().parents):
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None

@@ -29,7 +29,7 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, port_in_use
-from scripts.stack.assets import AssetError, publish_webapp
+from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
 from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError, nginx_conf, supervisord_conf
 from scripts.stack.supervisor import Supervisor, check_nginx_conf
 from server.infra.queue import load_celery_config
@@ -100,6 +100,10 @@ def prepare(cfg: StackConfig) -> Supervisor:
         publish_webapp(cfg.path("webapp"))
     except AssetError as exc:
         raise StackError(f"the web app cannot be published: {exc}") from None
+    hidden = unreachable_for_workers(cfg.path("webapp"))
+    if hidden is not None:  # the API works all the same; only the page would be a 404
+        print(f"todo-stack: warning: nginx's workers cannot enter {hidden} (chmod o+x it), so "
+              "the web app at / will answer 404", file=sys.stderr)
     supervisor = Supervisor(cfg)
     supervisor.conf.write_text(supervisord_conf(cfg))
     cfg.path("run", "nginx.conf").write_text(nginx_conf(cfg))

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser, BrowserContext, Page, Playwright, expect, sync_playwright,
+)
 
 from scripts.stack.config import StackConfig
 
@@ -34,6 +36,7 @@ ARTIFACTS = Path(os.environ.get("TODO_TEST_ARTIFACTS", HERE.parents[1] / "test-a
 PASSWORD = "correct horse battery"
 # Waits in the browser: generous for a loaded CI machine, never reached when all is well.
 TIMEOUT_MS = 10_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="session")

@@ -60,13 +60,13 @@ def test_register_log_in_add_edit_finish_filter_delete_page_and_log_out(page, or
     expect(item(p, "call mum")).to_have_count(1)
     p.get_by_role("checkbox", name="buy oat milk").check()
     expect(item(p, "buy oat milk")).to_have_class(re.compile("finished"))
-    p.get_by_label("Open").check()
+    p.get_by_role("radio", name="Open").check()
     expect(item(p, "call mum")).to_have_count(1)
     expect(item(p, "buy oat milk")).to_have_count(0)
-    p.get_by_label("Finished").check()
+    p.get_by_role("radio", name="Finished").check()
     expect(item(p, "buy oat milk")).to_have_count(1)
     expect(item(p, "call mum")).to_have_count(0)
-    p.get_by_label("All").check()
+    p.get_by_role("radio", name="All").check()
     expect(p.locator("#todo-list li")).to_have_count(2)
 
     # Delete; gone for the server too.
