@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import (
-    Browser, BrowserContext, Page, Playwright, expect, sync_playwright,
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
 )
 
 from scripts.stack.config import StackConfig
