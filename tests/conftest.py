@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
-import stat
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -168,26 +168,23 @@ def stack_config(var: Path, db_name: str, **overrides: Any) -> StackConfig:
     return StackConfig(**values)
 
 
-def open_for_nginx_workers(var: Path) -> None:
-    """nginx's workers (unprivileged when the tests run as root) serve the web app from `var`:
-    the test's temporary folders above it, 0700 by default, must let them through (o+x)."""
-    temp = Path(tempfile.gettempdir()).resolve()
-    for folder in var.resolve().parents:
-        if temp not in folder.parents:
-            break
-        folder.chmod(folder.stat().st_mode | stat.S_IXOTH)
-
-
 def running_stack(var: Path, db_name: str, **overrides: Any) -> Iterator[StackConfig]:
     """A whole stack (nginx, two supervised instances, MongoDB, Redis), up while in use."""
-    config = stack_config(var, db_name, **overrides)
-    open_for_nginx_workers(var)
+    # The web app is published outside pytest's temporary folders: those are 0700 (and pytest
+    # makes them so again whenever a session starts), which nginx's unprivileged workers
+    # cannot enter.
+    webapp = Path(tempfile.mkdtemp(prefix="todo-webapp-"))
+    webapp.chmod(0o755)
+    config = stack_config(var, db_name, webapp_dir=str(webapp / "webapp"), **overrides)
     # On a thread of its own: `up` runs asyncio.run, which would unset the event loop of the
     # test that first asks for the stack.
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        thread.submit(commands.up, config).result()
-        yield config
-        thread.submit(commands.down, config).result()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            thread.submit(commands.up, config).result()
+            yield config
+            thread.submit(commands.down, config).result()
+    finally:
+        shutil.rmtree(webapp, ignore_errors=True)
 
 
 def session_stack(

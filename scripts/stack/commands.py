@@ -97,10 +97,10 @@ def prepare(cfg: StackConfig) -> Supervisor:
     load_or_create_secret(cfg.path("secret"))  # before the instances race to create it
     ensure_tls_certificate(cfg)
     try:
-        publish_webapp(cfg.path("webapp"))
+        publish_webapp(cfg.webapp_root)
     except AssetError as exc:
         raise StackError(f"the web app cannot be published: {exc}") from None
-    hidden = unreachable_for_workers(cfg.path("webapp"))
+    hidden = unreachable_for_workers(cfg.webapp_root)
     if hidden is not None:  # the API works all the same; only the page would be a 404
         print(f"todo-stack: warning: nginx's workers cannot enter {hidden} (chmod o+x it), so "
               "the web app at / will answer 404", file=sys.stderr)
@@ -235,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--edge", type=_on_off, default=defaults.edge, metavar="on|off",
                        help="nginx answers the cached first page itself (needs its Lua "
                             "modules; default on)")
+    start.add_argument("--webapp-dir", type=Path, default=None,
+                       help="where to publish the web app for nginx (default: VAR/webapp); "
+                            "nginx's workers must be able to read it")
     edge = commands.add_parser("edge", help="switch the running stack's edge on or off")
     edge.add_argument("state", type=_on_off, metavar="on|off")
     commands.add_parser("down", help="stop every process of the stack")
@@ -259,6 +262,7 @@ def _config_from(args: argparse.Namespace) -> StackConfig:
         db_name=args.db_name, rate_limit=args.rate_limit, rate_limit_burst=args.rate_limit_burst,
         rate_limit_exempt=tuple(a.strip() for a in args.rate_limit_exempt.split(",") if a.strip()),
         edge=args.edge,
+        webapp_dir=str(args.webapp_dir.resolve()) if args.webapp_dir else "",
     )
 
 

@@ -58,10 +58,17 @@ class StackConfig:
     max_upload_size: int = 50 * 1024 * 1024
     # nginx answers the cached first page itself (conf/edge/); off: every request to Python.
     edge: bool = True
+    # Where `up` publishes the web app for nginx (empty: var/webapp). nginx's workers, which
+    # are unprivileged when root starts the stack, must be able to reach it.
+    webapp_dir: str = ""
 
     @property
     def root(self) -> Path:
         return Path(self.var)
+
+    @property
+    def webapp_root(self) -> Path:
+        return Path(self.webapp_dir) if self.webapp_dir else self.path("webapp")
 
     @property
     def ports(self) -> list[int]:
@@ -213,7 +220,7 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         **shared,
         "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),
         "nginx_temp": cfg.path("nginx-temp"), "listen": cfg.listen,
-        "nginx_d": cfg.path("nginx.d"), "webapp_dir": cfg.path("webapp"),
+        "nginx_d": cfg.path("nginx.d"), "webapp_dir": cfg.webapp_root,
         "http_port": cfg.http_port, "https_port": cfg.https_port,
         "upstream_servers": servers, "rate_limit": cfg.rate_limit,
         "rate_limit_exempt": exempt, "max_body_size": cfg.max_body_size,

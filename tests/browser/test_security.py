@@ -87,7 +87,7 @@ def test_a_form_on_another_origin_changes_nothing(page, origin, attacker):
 
 
 def test_every_reply_carries_the_security_headers(stack):
-    index = (stack.path("webapp", "index.html")).read_text()
+    index = (stack.webapp_root / "index.html").read_text()
     script = index.split('<script type="module" src="')[1].split('"')[0]
     assert script.startswith("/assets/main.")
     too_big = b"x" * (stack.max_body_size + 1)

@@ -222,10 +222,13 @@ export function applyLive(message) {
             render();
         }
     } else if (message.action === "created") {
-        if (index < 0 && state.pages.length === 1 && matchesFilter(todo)) {
-            state.todos.unshift(todo);
-            render();
-        }
+        if (index >= 0 || state.pages.length !== 1 || !matchesFilter(todo)) return;
+        // Most likely our own add, whose reply is on its way: it takes the placeholder's place
+        // rather than showing twice for a moment.
+        const placeholder = state.todos.findIndex((t) => t.pending && t.content === todo.content);
+        if (placeholder >= 0) state.todos[placeholder] = todo;
+        else state.todos.unshift(todo);
+        render();
     } else if (index >= 0 && state.editing !== todo.id) {
         if (matchesFilter(todo)) state.todos[index] = todo;
         else state.todos.splice(index, 1);
