@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import api_user, call, fetch, log_in
+from tests.browser.conftest import api_user, call, fetch, log_in, new_context, watched
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>"]
 
@@ -123,3 +123,24 @@ def test_every_reply_carries_the_security_headers(stack):
                 assert headers["content-type"].startswith("application/javascript")
             else:
                 assert "immutable" not in cache, where
+
+
+def test_the_app_works_over_https_with_a_secure_cookie(browser, stack):
+    origin = f"https://127.0.0.1:{stack.https_port}"
+    username, _ = api_user(origin, "https")
+    context = new_context(browser, ignore_https_errors=True)  # the stack's self-signed cert
+    try:
+        page = watched(context.new_page())
+        p = page.page
+        log_in(p, origin, username)
+        session = next(c for c in context.cookies() if c["name"] == "session")
+        assert session["secure"]
+        assert session["httpOnly"]
+        p.get_by_label("New todo").fill("over TLS")
+        p.get_by_label("New todo").press("Enter")
+        expect(p.locator("#todo-list li:not(.pending)", has_text="over TLS")).to_have_count(1)
+        p.reload()  # the server has it, and the socket (wss) reconnects
+        expect(p.locator("#todo-list li", has_text="over TLS")).to_have_count(1)
+        assert page.errors == []
+    finally:
+        context.close()

@@ -20,15 +20,19 @@ export class ApiError extends Error {
 }
 
 const capitalised = (text) => (text ? text[0].toUpperCase() + text.slice(1) : text);
-const seconds = (n) => (n === 1 ? "1 second" : `${n} seconds`);
+export const seconds = (n) => (n === 1 ? "1 second" : `${n} seconds`);
 
 /**
  * A sentence for `error`. `action` names what failed ("add the todo"); `overrides` maps a
- * status to the sentence that fits the place (a 401 on the login form is a wrong password).
+ * status to the sentence that fits the place (a 401 on the login form is a wrong password),
+ * or to a function of the error that returns it.
  */
 export function describe(error, action = "do that", overrides = {}) {
     if (!(error instanceof ApiError)) return `Could not ${action}: something unexpected went wrong.`;
-    if (error.status in overrides) return overrides[error.status];
+    if (error.status in overrides) {
+        const override = overrides[error.status];
+        return typeof override === "function" ? override(error) : override;
+    }
     const wait = error.retryAfter ? ` Try again in ${seconds(error.retryAfter)}.` : " Try again shortly.";
     switch (error.status) {
         case 0:

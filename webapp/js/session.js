@@ -2,7 +2,7 @@
 
 import { request } from "./api.js";
 import { byId } from "./dom.js";
-import { describe } from "./errors.js";
+import { describe, seconds } from "./errors.js";
 import { warn, clearWarning } from "./notice.js";
 
 /** The signed-in user ({username, user_id, expires_at}), or null. Also (re)sets _xsrf. */
@@ -15,7 +15,12 @@ export async function currentUser() {
     }
 }
 
-const LOGIN_FAILED = { 401: "Wrong username or password." };
+const LOGIN_FAILED = {
+    401: "Wrong username or password.",
+    // The same throttle guards the API's tokens: too many wrong passwords lock the username.
+    429: (error) => "Too many attempts to log in. Try again in "
+        + `${error.retryAfter ? seconds(error.retryAfter) : "a minute"}.`,
+};
 
 /** Wires the login form; `onSignedIn(user)` runs once a session exists. */
 export function setUpLoginForm(onSignedIn) {
