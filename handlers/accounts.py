@@ -37,9 +37,15 @@ class LoginHandler(APIHandler):
         """The username, a fresh token and its expiry, for the credentials in the body."""
         fields = validation.parse_json_object(self.body, self.request.headers.get("Content-Type"))
         creds = validation.credentials(fields, new_account=False)
-        user_id = await self.services.users.authenticate(
-            username=creds.username, password=creds.password
-        )
+        logins = self.services.logins
+        await logins.check(creds.username)
+        try:
+            user_id = await self.services.users.authenticate(
+                username=creds.username, password=creds.password
+            )
+        except Unauthorized:
+            await logins.failed(creds.username)
+            raise
         token, expires_at = self.services.tokens.issue(user_id)
         return creds.username, token, expires_at
 
@@ -67,14 +73,16 @@ class CurrentTokenHandler(APIHandler):
 class SessionHandler(LoginHandler, CurrentTokenHandler):
     """The browser's session: a bearer token the page's JavaScript never sees."""
 
+    requires_auth = True
+    public_methods = ("POST",)  # logging in needs no session; reading or ending one does
+
     def set_default_headers(self) -> None:
         super().set_default_headers()
         # Who is logged in is private: no cache (nor the back button) keeps these replies.
         self.set_header("Cache-Control", "no-store")
 
     async def check_request(self) -> None:
-        # Logging in needs no session; reading or ending one does.
-        self.requires_auth = self.request.method != "POST"
+        self.requires_auth = self.request.method not in self.public_methods
         if self.request.method == "GET":
             # Even on a 401: a freshly loaded page reads it before it logs in.
             cookies.set_xsrf_cookie(self)

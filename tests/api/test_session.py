@@ -7,6 +7,7 @@ would send, with or without the X-XSRFToken, Origin and Sec-Fetch-Site headers i
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -15,8 +16,11 @@ import pytest
 
 from handlers.cookies import CROSS_SITE, NO_XSRF
 from handlers.ws import COOKIE_FROM_ANOTHER_SITE
-from tests.api.test_ws import open_socket, refused
-from tests.conftest import Api, Reply, error_of
+from server.domain.login_throttle import FAILURE_LIMIT, TOO_MANY_LOGINS, WINDOW
+from tests.api.test_accounts import instance, own_redis, own_redis_settings  # noqa: F401
+from tests.api.test_openapi import assert_matches
+from tests.api.test_ws import SPEC, open_socket, refused
+from tests.conftest import Api, Reply, another_instance, error_of
 
 PASSWORD = "correct horse"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -85,6 +89,7 @@ async def test_login_sets_an_httponly_lax_session_cookie_and_a_readable_strict_x
     assert reply.status == 201, reply.json
     assert set(reply.json) == {"username", "expires_at"}
     assert reply.json["username"] == "alice"
+    assert_matches(SPEC, "Session", reply.json)
     assert reply.headers["Cache-Control"] == "no-store"
     cookies = set_cookies(reply)
     session, xsrf = cookies["session"], cookies["_xsrf"]
@@ -133,6 +138,7 @@ async def test_the_cookie_reads_the_session_and_the_list_and_get_session_renews_
     reply = await page.request("GET", "/session", xsrf=False)
     assert reply.status == 200, reply.json
     assert set(reply.json) == {"username", "user_id", "expires_at"}
+    assert_matches(SPEC, "SessionInfo", reply.json)
     assert reply.json["username"] == "alice"
     assert reply.headers["Cache-Control"] == "no-store"
     renewed = set_cookies(reply)["_xsrf"]
@@ -267,3 +273,72 @@ async def test_the_socket_takes_the_cookie_from_this_origin_only_and_logout_clos
     assert (await page.request("DELETE", "/session")).status == 204
     assert await socket.closed() == 1008
     assert (await refused(base_url, headers={**cookie, "Origin": page.origin}))[0] == 401
+
+
+# -- the brute-force defence --------------------------------------------------------------------
+def assert_locked_out(reply: Reply) -> None:
+    assert error_of(reply) == (429, TOO_MANY_LOGINS)
+    assert 1 <= int(reply.headers["Retry-After"]) <= WINDOW
+    assert "session" not in set_cookies(reply)
+    assert "token" not in reply.json
+
+
+async def fail_logins(apis: list[Api], username: str, times: int = FAILURE_LIMIT) -> None:
+    """`times` wrong passwords at once, spread over `apis`, POST /tokens and POST /session, and
+    client addresses (nothing in the count depends on those)."""
+    async def attempt(n: int) -> Reply:
+        return await apis[n % len(apis)].post(
+            ("/tokens", "/session")[n % 2], headers={"X-Real-IP": f"10.0.0.{n}"},
+            json_body={"username": username, "password": f"guess {n}"},
+        )
+
+    replies = await asyncio.gather(*(attempt(n) for n in range(times)))
+    assert [reply.status for reply in replies] == [401] * times
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_twenty_wrong_passwords_lock_that_username_only_even_for_the_right_password(
+    api, services
+):
+    for name in ("alice", "bob"):
+        await api.post("/users", json_body={"username": name, "password": PASSWORD})
+    await fail_logins([api], "alice")
+    for path in ("/tokens", "/session"):
+        assert_locked_out(await api.post(path, json_body={"username": "alice",
+                                                          "password": "wrong again"}))
+        assert_locked_out(await api.post(path, json_body={"username": "alice",
+                                                          "password": PASSWORD}))
+    assert (await log_in(api, "bob")).status == 201
+    assert (await api.post("/tokens", json_body={"username": "bob",
+                                                 "password": PASSWORD})).status == 201
+    # An unknown username is counted like a known one: nothing tells them apart.
+    await fail_logins([api], "nobody")
+    assert_locked_out(await log_in(api, "nobody"))
+    # When the window has passed (shortened here, in Redis itself), the right password works.
+    key = f"{services.settings.redis_prefix}login-failures:alice"
+    assert 0 < await services.redis.client.ttl(key) <= WINDOW
+    await services.redis.client.pexpire(key, 1)
+    assert (await log_in(api, "alice")).status == 201
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_lockout_is_shared_by_every_instance(api, services):
+    await api.post("/users", json_body={"username": "alice", "password": PASSWORD})
+    async with another_instance(services.settings) as other:
+        await fail_logins([api, other], "alice")
+        for either in (api, other):
+            assert_locked_out(await log_in(either, "alice"))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_while_redis_is_down_each_instance_still_counts_on_its_own(
+    own_redis, own_redis_settings  # noqa: F811
+):
+    async with instance(own_redis_settings, drop_database=True) as inst:
+        await inst.api.post("/users", json_body={"username": "alice", "password": PASSWORD})
+        own_redis.stop()
+        await fail_logins([inst.api], "alice")
+        assert_locked_out(await log_in(inst.api, "alice"))
+        assert (await inst.api.post("/users", json_body={
+            "username": "bob", "password": PASSWORD})).status == 201
+        assert (await log_in(inst.api, "bob")).status == 201
