@@ -5,6 +5,7 @@ refusals are made by intercepting the page's requests (the real API would need a
 from __future__ import annotations
 
 import json
+import re
 
 from playwright.sync_api import expect
 
@@ -60,3 +61,19 @@ def test_refusals_are_sentences_and_roll_back(page, origin):
     expect(p.locator("#todo-list li")).to_have_count(0)
     assert page.dialogs == []
     assert page.errors == []
+
+
+def test_a_locked_username_is_told_when_to_try_again(page, origin):
+    username, _ = api_user(origin, "locked")
+    for _ in range(20):  # the throttle's allowance of wrong passwords for one username
+        status, _reply = call(origin, "POST", "/tokens",
+                              {"username": username, "password": "not the password"})
+        assert status == 401
+    p = page.page
+    p.goto(origin + "/")
+    p.get_by_label("Username").fill(username)
+    p.get_by_label("Password").fill("correct horse battery")  # right, but locked all the same
+    p.get_by_role("button", name="Log in").click()
+    expect(p.get_by_role("alert")).to_contain_text(
+        re.compile(r"Too many attempts to log in\. Try again in \d+ seconds?\."))
+    expect(p.get_by_role("heading", name="Log in")).to_be_visible()
