@@ -51,6 +51,14 @@ def test_register_log_in_add_edit_finish_filter_delete_page_and_log_out(page, or
     editor.fill("buy oat milk")
     editor.press("Enter")
     expect(item(p, "buy oat milk")).to_have_count(1)
+    # The keyboard's place is kept: back on the todo's Edit button; Escape leaves an edit.
+    edit = p.get_by_role("button", name="Edit “buy oat milk”")
+    expect(edit).to_be_focused()
+    p.keyboard.press("Enter")
+    p.keyboard.type(" and bread")
+    p.keyboard.press("Escape")
+    expect(edit).to_be_focused()
+    expect(item(p, "buy oat milk")).to_have_count(1)
     p.reload()
     expect(item(p, "buy oat milk")).to_have_count(1)
 

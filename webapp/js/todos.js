@@ -16,6 +16,7 @@ const state = {
     next: null,       // the API's link to the older page, or null
     todos: [],        // what the page shows, newest first
     editing: null,    // the id being edited in place
+    draft: null,      // what was typed in the editor so far
     loadSeq: 0,       // a reply to an older load is dropped
 };
 
@@ -53,8 +54,19 @@ export function clear() {
     list().replaceChildren();
 }
 
-function render() {
+/** Where the keyboard focus was in the list, to put it back on the same control afterwards. */
+function focusedControl() {
+    const active = document.activeElement;
+    const li = active?.closest?.("#todo-list li");
+    return li && active.dataset.focus ? { id: li.dataset.id, key: active.dataset.focus } : null;
+}
+
+function render(focus = focusedControl()) {
     list().replaceChildren(...state.todos.map(item));
+    if (focus) {
+        const selector = `li[data-id="${CSS.escape(focus.id)}"] [data-focus="${focus.key}"]`;
+        list().querySelector(selector)?.focus();
+    }
     show(byId("empty"), state.todos.length === 0);
     byId("newer").disabled = state.pages.length <= 1;
     byId("older").disabled = !state.next;
@@ -65,6 +77,7 @@ function item(todo) {
     const label = `${todo.content}`;
     const checkbox = el("input", {
         type: "checkbox", id: `done-${todo.id}`, checked: todo.is_finished, disabled: !!todo.pending,
+        "data-focus": "done",
         onchange: (event) => setFinished(todo.id, event.target.checked),
     });
     const text = el("label", { for: `done-${todo.id}`, class: "content", text: label });
@@ -72,11 +85,11 @@ function item(todo) {
     const meta = el("time", { datetime: todo.created_at, class: "meta",
                               text: Number.isNaN(when.valueOf()) ? "" : when.toLocaleString() });
     const edit = el("button", { type: "button", class: "quiet", "aria-label": `Edit “${label}”`,
-                                disabled: !!todo.pending,
+                                disabled: !!todo.pending, "data-focus": "edit",
                                 text: "Edit", onclick: () => startEdit(todo.id) });
     const remove = el("button", { type: "button", class: "quiet danger",
                                   "aria-label": `Delete “${label}”`, text: "Delete",
-                                  disabled: !!todo.pending,
+                                  disabled: !!todo.pending, "data-focus": "delete",
                                   onclick: () => remove_(todo.id) });
     const li = el("li", { class: todo.is_finished ? "todo finished" : "todo",
                           "data-id": todo.id },
@@ -88,8 +101,10 @@ function item(todo) {
 }
 
 function editor(todo) {
-    const input = el("input", { value: todo.content, maxlength: 1000, id: `edit-${todo.id}`,
-                                "aria-label": "Edit todo" });
+    // What was typed survives a re-render (a live change to another todo redraws the list).
+    const input = el("input", { value: state.draft ?? todo.content, maxlength: 1000,
+                                id: `edit-${todo.id}`, "aria-label": "Edit todo",
+                                oninput: (event) => { state.draft = event.target.value; } });
     const form = el("form", { class: "edit", novalidate: true },
                     input,
                     el("button", { type: "submit", text: "Save" }),
@@ -102,7 +117,10 @@ function editor(todo) {
     input.addEventListener("keydown", (event) => {
         if (event.key === "Escape") stopEdit(todo.id);
     });
-    queueMicrotask(() => input.focus());
+    queueMicrotask(() => {
+        input.focus();
+        input.setSelectionRange(input.value.length, input.value.length);
+    });
     return form;
 }
 
@@ -110,22 +128,22 @@ const find = (id) => state.todos.findIndex((t) => t.id === id);
 
 function startEdit(id) {
     state.editing = id;
+    state.draft = null;
     render();
 }
 
 function stopEdit(id) {
     state.editing = null;
-    render();
-    list().querySelector(`li[data-id="${CSS.escape(id)}"] button`)?.focus();
+    render({ id, key: "edit" });
 }
 
 /** Apply `change` to the todo at once, send `send()`, and undo the change if it fails. */
-async function optimistic(id, change, send, action) {
+async function optimistic(id, change, send, action, focus = undefined) {
     const index = find(id);
     if (index < 0) return;
     const before = state.todos[index];
     state.todos[index] = { ...before, ...change };
-    render();
+    render(focus);
     try {
         const saved = await send();
         const now = find(id);
@@ -150,7 +168,8 @@ function saveEdit(id, value) {
     }
     state.editing = null;
     optimistic(id, { content },
-               () => request("PATCH", `/todo/${id}`, { json: { content } }), "save the change");
+               () => request("PATCH", `/todo/${id}`, { json: { content } }), "save the change",
+               { id, key: "edit" });
 }
 
 function setFinished(id, finished) {
@@ -165,7 +184,10 @@ async function remove_(id) {
     const index = find(id);
     if (index < 0) return;
     const [removed] = state.todos.splice(index, 1);
-    render();
+    // The focus moves to the next todo (or the one before), else to the new-todo field.
+    const neighbour = state.todos[index] ?? state.todos[index - 1];
+    render(neighbour ? { id: neighbour.id, key: "delete" } : null);
+    if (!neighbour) byId("add-content").focus();
     try {
         await request("DELETE", `/todo/${id}`);
         say(`Deleted “${removed.content}”.`);
