@@ -91,7 +91,11 @@ def test_every_reply_carries_the_security_headers(stack):
     script = index.split('<script type="module" src="')[1].split('"')[0]
     assert script.startswith("/assets/main.")
     too_big = b"x" * (stack.max_body_size + 1)
+    _, token = api_user(stack.base_url, "headers")
+    bearer = {"Authorization": f"Bearer {token}"}
     requests = [
+        ("/todo", "GET", None, bearer, 200),                     # the edge, once cached
+        ("/todo?limit=3", "GET", None, bearer, 200),             # an instance's
         ("/", "GET", None, {}, 200),
         (script, "GET", None, {}, 200),
         ("/assets/no-such.0000.js", "GET", None, {}, 404),
