@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -126,7 +127,13 @@ class APIHandler(RequestHandler):
         """The HTTP methods this handler implements (for 405 and its Allow header)."""
         return _implemented_methods(cls)
 
+    # Reads whose client has gone are cancelled (see on_connection_close).
+    cancel_when_abandoned = frozenset({"GET", "HEAD"})
+    _task: asyncio.Task[Any] | None = None
+
     async def prepare(self) -> None:
+        if self.request.method in self.cancel_when_abandoned:
+            self._task = asyncio.current_task()
         try:
             await self.check_request()
         except Exception:
@@ -229,6 +236,11 @@ class APIHandler(RequestHandler):
         # Tornado's own ends a streamed body that will never complete.
         super().on_connection_close()
         self._untrack()
+        # A read nobody waits for any more would only hold a MongoDB or Redis connection that
+        # a waiting request needs (nginx closes the connection when its client gives up).
+        # Never a write: its cache invalidation and notification must run to the end.
+        if self._task is not None and not self._finished:
+            self._task.cancel()
 
     def _untrack(self) -> None:
         if self._tracked:

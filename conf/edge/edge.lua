@@ -53,6 +53,8 @@ local REFRESH_EVERY = 1
 -- How long, in seconds, the rest of a burst wait for a missing page, looking every MISS_POLL.
 local MISS_WAIT = 1
 local MISS_POLL = 0.02
+-- How long a waiter gives the request that went on to take the load lock.
+local LOCK_GRACE = 0.05
 local PUSH_INTERVAL = 1
 
 -- Set once by init() in the master; workers inherit them.
@@ -228,7 +230,8 @@ local function connect()
     return red
 end
 
--- One MGET: page, revocation, revocations-synced, every instance's lease. nil, err on failure.
+-- One MGET: page, revocation, the page's load lock (server/infra/cache.py), revocations-synced,
+-- every instance's lease. nil, err on failure.
 local function fetch(owner, token_id)
     local red, err = connect()
     if not red then
@@ -236,7 +239,7 @@ local function fetch(owner, token_id)
     end
     local res
     res, err = red:mget(conf.prefix .. "page:" .. owner, conf.prefix .. "revoked:" .. token_id,
-                        unpack(keys_suffix))
+                        conf.prefix .. "lock:" .. owner, unpack(keys_suffix))
     if not res then
         red:close()
         return nil, err
@@ -427,6 +430,7 @@ function _M.access()
         return pass("request")
     end
     local give_up_at = ngx_now() + MISS_WAIT
+    local lock_grace_until = ngx_now() + LOCK_GRACE
     while true do
         if ngx_now() < redis_down_until then
             return pass("redis")
@@ -441,10 +445,10 @@ function _M.access()
         if res[2] ~= ngx_null then
             return unauthorized()  -- revoked: definitive
         end
-        if res[3] == ngx_null then
+        if res[4] == ngx_null then
             return pass("unsynced")
         end
-        for i = 4, #res do
+        for i = 5, #res do
             if res[i] == ngx_null then
                 return pass("lease")
             end
@@ -454,8 +458,11 @@ function _M.access()
         end
         -- Not cached: one request goes on and its instance loads the page; the others of a
         -- burst wait a little for it here (each look a fresh read of every key above) instead
-        -- of all falling on the instances.
-        if refresh_due(owner) or ngx_now() >= give_up_at then
+        -- of all falling on the instances. They wait only while an instance holds the load
+        -- lock (or for the loader to take it): a load that stored nothing, because a write
+        -- came meanwhile, lets them go at once, as the instances' own waiters do.
+        if refresh_due(owner) or ngx_now() >= give_up_at
+                or (res[3] == ngx_null and ngx_now() >= lock_grace_until) then
             return pass("miss")
         end
         ngx.sleep(MISS_POLL)

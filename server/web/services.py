@@ -52,9 +52,11 @@ def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[st
     )
 
 
-# Enough for every request of a loaded instance to have its own (Redis takes 10,000 clients):
-# waiting for a connection must stay rare, since that wait counts against redis_timeout.
-REDIS_POOL_SIZE = 512
+# A Redis round trip takes well under a millisecond, so 128 connections carry far more than an
+# instance's requests a second; past them a request waits in the loop for one (not counted
+# against redis_timeout). Measured at -c 1000 against 512: as fast or faster, and each
+# instance about 5 MB smaller (every idle connection is kept for good).
+REDIS_POOL_SIZE = 128
 
 
 def redis_client(settings: Settings) -> Redis:
