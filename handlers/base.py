@@ -15,20 +15,16 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server.domain.errors import (
-    ApiError,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    Unauthorized,
-)
+from server.domain.errors import ApiError, NotFound, PayloadTooLarge, ServiceUnavailable
 from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
-from server.domain.tokens import INVALID_TOKEN, Principal
+from server.domain.tokens import Principal
 from server.infra import logs
 from server.web.inflight import InFlight
 from server.web.metrics import Metrics
 from server.web.services import Services
+
+from . import cookies
 
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
@@ -213,14 +209,16 @@ class APIHandler(RequestHandler):
         return b"".join(self._chunks)
 
     async def _authenticate(self) -> Principal:
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized(INVALID_TOKEN)
-        keys_of = self.redis_keys_to_read()
+        # A bearer token, or a browser's session cookie (then CSRF-checked: handlers/cookies.py).
+        token, self.by_cookie = cookies.request_token(self.request)
         principal, self.redis_read = await self.services.tokens.verify_and_read(
-            token.strip(), keys_of
+            token, self.redis_keys_to_read()
         )
+        if self.by_cookie:
+            cookies.check_csrf(self)
         return principal
+
+    by_cookie = False  # authenticated by the session cookie, not an Authorization header
 
     # The values of the Redis keys redis_keys_to_read() named, read with the token's
     # revocation in one round trip (None when Redis was not asked or could not answer).
@@ -264,8 +262,8 @@ class APIHandler(RequestHandler):
         self.set_status(status_code)
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="todo"')
-        if status_code == 503:
-            self.set_header("Retry-After", "1")
+        if status_code == 503 or getattr(exc, "retry_after", None):
+            self.set_header("Retry-After", str(getattr(exc, "retry_after", None) or 1))
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         if self._body_unread():

@@ -2,7 +2,8 @@
 server/infra/notifications.py).
 
 The token is checked before the upgrade, exactly as on the API (signature, expiry,
-revocation), from `Authorization: Bearer` or, for browsers, `?access_token=`; refusals are the
+revocation), from `Authorization: Bearer`, `?access_token=`, or the browser session's cookie
+(then only from a page of this very origin, by its Origin header); refusals are the
 API's JSON errors. Each socket has a bounded queue drained by its own sender, which awaits
 every write: a client that stops reading is disconnected once its queue is full instead of
 growing the server's memory.
@@ -32,6 +33,7 @@ from server.domain.tokens import INVALID_TOKEN, Principal
 from server.infra import notifications
 from server.web.hub import Hub
 
+from . import cookies
 from .base import APIHandler
 
 log = logging.getLogger("todo.ws")
@@ -41,6 +43,10 @@ POLICY_VIOLATION = 1008
 NOT_A_WEBSOCKET = (
     "GET /ws must be a WebSocket handshake (Upgrade: websocket, Connection: Upgrade, "
     "Sec-WebSocket-Key, Sec-WebSocket-Version: 13)"
+)
+COOKIE_FROM_ANOTHER_SITE = (
+    "a notification socket opened with the session cookie must come from this site's own "
+    "page (its Origin header)"
 )
 TOO_SLOW = "too slow: notifications were not read in time; reconnect and refetch"
 
@@ -103,11 +109,16 @@ class NotificationSocket(APIHandler, WebSocketHandler):
             raise TooManyRequests(f"at most {limit} notification sockets per user")
 
     async def _authenticate(self) -> Principal:
-        if "Authorization" in self.request.headers:
-            return await super()._authenticate()
+        given = self.request.query_arguments.get("access_token", [])
+        if "Authorization" in self.request.headers or not given:
+            principal = await super()._authenticate()
+            # The session cookie: a page of any site may open a socket, and the browser sends
+            # the cookie along; only this site's own pages may use it.
+            if self.by_cookie and not cookies.origin_is_own(self.request):
+                raise Forbidden(COOKIE_FROM_ANOTHER_SITE)
+            return principal
         # Browsers cannot set headers on a WebSocket. The instance logs paths without their
         # query, and nginx's /ws location logs no query either.
-        given = self.request.query_arguments.get("access_token", [])
         if len(given) != 1 or not given[0].strip():
             raise Unauthorized(INVALID_TOKEN)
         return await self.services.tokens.verify(given[0].decode("utf-8", "replace").strip())

@@ -1,7 +1,8 @@
--- The edge: nginx answers `GET /todo` (the default first page) for a valid bearer token straight
--- from the Redis page cache, without an instance. It answers only what it is sure of; every
--- other request, and every one it has a doubt about, goes on to the instances unchanged (the
--- caller falls through to proxy_pass). See docs/design.md, "The edge".
+-- The edge: nginx answers `GET /todo` (the default first page) for a valid bearer token (in the
+-- Authorization header or a browser's session cookie) straight from the Redis page cache,
+-- without an instance. It answers only what it is sure of; every other request, and every one
+-- it has a doubt about, goes on to the instances unchanged (the caller falls through to
+-- proxy_pass). See docs/design.md, "The edge".
 --
 -- Loaded by init_by_lua (edge.init, in the master: it reads the signing secret there, before
 -- workers drop privileges), init_worker_by_lua (edge.init_worker: the metrics timer) and
@@ -19,6 +20,7 @@ local ngx_now = ngx.now
 local ngx_null = ngx.null
 local sha1_bin = ngx.sha1_bin
 local re_find = ngx.re.find
+local re_match = ngx.re.match
 local re_gmatch = ngx.re.gmatch
 local str_byte = string.byte
 local str_char = string.char
@@ -339,6 +341,66 @@ local function serve(headers, owner, stored)
     return ngx.exit(ngx.HTTP_OK)
 end
 
+-- The token of an Authorization header, which always wins, like the instances: the scheme
+-- before the first space, case-insensitive, then the token stripped. nil and "none" when the
+-- instances would answer 401 for want of a token; nil and "pass" when anything is unusual in it
+-- (they decide).
+local function bearer_token(auth)
+    if type(auth) ~= "string" then
+        return nil, "pass"
+    end
+    local space = str_find(auth, " ", 1, true)
+    if not space then
+        return nil, "pass"
+    end
+    if str_lower(str_sub(auth, 1, space - 1)) ~= "bearer" then
+        return nil, "none"
+    end
+    local token = str_sub(auth, space + 1)
+    if not re_find(token, [[^ *[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+ *$]], "jo") then
+        return nil, "pass"
+    end
+    return (token:gsub(" ", ""))
+end
+
+-- Without an Authorization header, a browser's `session` cookie (handlers/cookies.py) holds the
+-- same token. Only the plain case is decided here: one Cookie header, the cookie once, its value
+-- a token; anything the instances' cookie parser might read otherwise goes to them.
+local function session_token(cookie)
+    if cookie == nil then
+        return nil, "none"
+    end
+    if type(cookie) ~= "string" then
+        return nil, "pass"
+    end
+    local token
+    for m in re_gmatch(cookie, [[(?:^|;)\s*session\s*=([^;]*)]], "jo") do
+        if token then
+            return nil, "pass"  -- twice: which one counts is the instances' business
+        end
+        token = m[1]
+    end
+    if not token then
+        if str_find(cookie, "session", 1, true) then
+            return nil, "pass"
+        end
+        return nil, "none"
+    end
+    local m = re_match(token, [[^\s*([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)\s*$]], "jo")
+    if not m then
+        return nil, "pass"
+    end
+    return m[1]
+end
+
+local function request_token(headers)
+    local auth = headers["authorization"]
+    if auth ~= nil then
+        return bearer_token(auth)
+    end
+    return session_token(headers["cookie"])
+end
+
 -- access_by_lua of `location = /todo`: answer, or return and let proxy_pass run.
 function _M.access()
     if ngx.req.get_method() ~= "GET" or ngx_var.request_uri ~= "/todo" then
@@ -353,28 +415,14 @@ function _M.access()
             or headers["if-unmodified-since"] or headers["range"] then
         return pass("request")
     end
-    local auth = headers["authorization"]
-    if auth == nil then
-        return unauthorized()
-    end
-    if type(auth) ~= "string" then
+    local token, err = request_token(headers)
+    if not token then
+        if err == "none" then
+            return unauthorized()
+        end
         return pass("request")
     end
-    -- Like the instances: the scheme before the first space, case-insensitive, then the
-    -- token stripped. Anything unusual in it: they decide.
-    local space = str_find(auth, " ", 1, true)
-    if not space then
-        return pass("request")
-    end
-    if str_lower(str_sub(auth, 1, space - 1)) ~= "bearer" then
-        return unauthorized()
-    end
-    local token = str_sub(auth, space + 1)
-    local m = re_find(token, [[^ *[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+ *$]], "jo")
-    if not m then
-        return pass("request")
-    end
-    local owner, token_id = decode((token:gsub(" ", "")))
+    local owner, token_id = decode(token)
     if not owner then
         if token_id == "invalid" then
             return unauthorized()

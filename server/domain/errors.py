@@ -3,10 +3,14 @@
 
 class ApiError(Exception):
     status = 500
+    # Seconds after which the client may try again (sent as Retry-After), when it is known.
+    retry_after: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class BadRequest(ApiError):

@@ -45,6 +45,10 @@ class UserStore:
             raise Unauthorized(BAD_CREDENTIALS)
         return ObjectId(doc["_id"])
 
+    async def username_of(self, user_id: ObjectId) -> str | None:
+        doc = await self.collection.find_one({"_id": user_id}, {"username": True})
+        return None if doc is None else str(doc["username"])
+
     async def find_by_username(self, username: str) -> ObjectId | None:
         return await user_id_by_name(self.collection.database, username)
 

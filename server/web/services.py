@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from server.domain.index_keeper import IndexKeeper
 from server.domain.indexes import INDEXES
 from server.domain.jobs import JobStore
+from server.domain.login_throttle import LoginThrottle
 from server.domain.todos import TodoStore
 from server.domain.tokens import TokenService
 from server.domain.users import UserStore
@@ -83,6 +84,7 @@ class Services:
     todos: TodoStore
     users: UserStore
     tokens: TokenService
+    logins: LoginThrottle  # the brute-force defence of POST /tokens and POST /session
     celery: Celery
     jobs: JobStore
     events: Publisher  # publishes users' live notifications
@@ -140,6 +142,7 @@ def open_services(
         todos=TodoStore(db, cache, events, indexes),
         users=UserStore(db, indexes),
         tokens=TokenService(secret=settings.secret, ttl=settings.token_ttl, guard=guard, db=db),
+        logins=LoginThrottle(guard),
         celery=celery,
         jobs=JobStore(db, celery, events, indexes),
         events=events,

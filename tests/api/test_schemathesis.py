@@ -182,11 +182,12 @@ def authenticate(schema: Any, account: Account) -> None:
     # No caching and no re-login on a 401 (retry_on=[]): a 401 for a good token is a failure.
     @schema.auth(refresh_interval=None, retry_on=[])
     class BearerToken:
-        """The run's token on every call, except that `DELETE /tokens/current` revokes a token
-        of its own: logging out must not log the rest of the run out."""
+        """The run's token on every call, except that `DELETE /tokens/current` and
+        `DELETE /session` revoke a token of their own: logging out must not log the rest of
+        the run out."""
 
         def get(self, case: schemathesis.Case, ctx: schemathesis.AuthContext) -> str:
-            if ctx.operation.label == "DELETE /tokens/current":
+            if ctx.operation.label in ("DELETE /tokens/current", "DELETE /session"):
                 return account.issue()
             return account.token
 

@@ -224,11 +224,27 @@ async def test_the_edge_answers_byte_for_byte_as_the_instances(cfg, api):
         "401 not a token": {"Authorization": "Bearer nonsense"},
         "401 expired": {"Authorization": f"Bearer {forged(cfg, token, expires_at=1000)}"},
         "401 revoked": {"Authorization": f"Bearer {revoked}"},
+        # A browser's session cookie (handlers/cookies.py) when there is no Authorization.
+        "200 cookie": {"Cookie": f"session={token}"},
+        "200 cookie among others": {"Cookie": f"_xsrf=2|ab|cd|1;session= {token} ; lang=en"},
+        "304 cookie": {"Cookie": f"session={token}", "If-None-Match": etag},
+        "401 no session cookie": {"Cookie": "_xsrf=2|ab|cd|1; lang=en"},
+        "401 cookie bad signature": {"Cookie": f"session={payload}.{signature[:-2]}xx"},
+        "401 cookie expired": {"Cookie": f"session={forged(cfg, token, expires_at=1000)}"},
+        "401 cookie revoked": {"Cookie": f"session={revoked}"},
+        "401 the header wins": {"Authorization": "Basic dXNlcjpwYXNz",
+                                "Cookie": f"session={token}"},
+        # Left to the instances: what their cookie parser decides.
+        "200 cookie twice": {"Cookie": f"session=nonsense; session={token}"},
+        "200 cookie quoted": {"Cookie": f'session="{token}"'},
+        "401 cookie not a token": {"Cookie": "session=nonsense"},
     }
     assert (await api.delete("/tokens/current", token=revoked)).status == 204
     reads = await asyncio.to_thread(instance_reads, cfg)
-    # The edge answers these itself; it leaves the other two to the instances.
-    own = [name for name in cases if name not in ("200 other etag", "401 not a token")]
+    # The edge answers these itself; it leaves the others to the instances.
+    passed = ("200 other etag", "401 not a token", "200 cookie twice", "200 cookie quoted",
+              "401 cookie not a token")
+    own = [name for name in cases if name not in passed]
     edge = {name: raw_get(cfg, cases[name]) for name in own}
     edge_https = raw_get(cfg, cases["200"], scheme="https")
     edge_http10 = http10_get(cfg, token)
@@ -366,3 +382,68 @@ def test_without_nginx_lua_only_an_edge_off_stack_starts(tmp_path, monkeypatch):
         config.nginx_conf(stack_config(tmp_path / "var", "todo_no_lua"))
     off = stack_config(tmp_path / "var", "todo_no_lua", edge=False)
     assert "_by_lua" not in config.nginx_conf(off)
+
+
+def session_request(cfg: StackConfig, method: str, path: str, *, scheme: str = "http",
+                    body: str | None = None, headers: dict[str, str] | None = None):
+    """(status, Set-Cookie headers, body) of one request through nginx, over HTTP or HTTPS."""
+    if scheme == "https":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            "127.0.0.1", cfg.https_port, timeout=10, context=context)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", cfg.http_port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers={
+            "Content-Type": "application/json", **(headers or {})})
+        reply = connection.getresponse()
+        return reply.status, reply.headers.get_all("Set-Cookie") or [], reply.read()
+    finally:
+        connection.close()
+
+
+def cookie_values(set_cookies: list[str]) -> dict[str, str]:
+    return {header.split("=", 1)[0]: header.split("=", 1)[1].split(";")[0]
+            for header in set_cookies}
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_browser_session_through_nginx_http_and_https(cfg, api):
+    """Secure cookies over HTTPS only; the Origin check sees the origin the browser used (nginx
+    passes the scheme and the Host with its port); the cookie's first page comes from the edge."""
+    await user_with_todos(api, "edge_session")
+    credentials = '{"username": "edge_session", "password": "correct horse"}'
+    for scheme, port in (("http", cfg.http_port), ("https", cfg.https_port)):
+        status, set_cookies, _ = await asyncio.to_thread(
+            session_request, cfg, "POST", "/session", scheme=scheme, body=credentials)
+        assert status == 201
+        assert len(set_cookies) == 2
+        for header in set_cookies:
+            assert ("; Secure" in header) == (scheme == "https"), header
+        values = cookie_values(set_cookies)
+        cookie = {"Cookie": f"session={values['session']}; _xsrf={values['_xsrf']}"}
+        write = {**cookie, "X-XSRFToken": values["_xsrf"]}
+        for origin, wanted in ((f"{scheme}://127.0.0.1:{port}", 201),
+                               (f"{scheme}://127.0.0.1:{port + 1}", 403),
+                               (f"{'https' if scheme == 'http' else 'http'}://127.0.0.1:{port}",
+                                403)):
+            status, _, body = await asyncio.to_thread(
+                session_request, cfg, "POST", "/todo", scheme=scheme,
+                body=f'{{"content": "from {origin}"}}', headers={**write, "Origin": origin})
+            assert status == wanted, (origin, body)
+    token = values["session"]
+    await until_edge_serves(cfg, api, token)
+    before = await asyncio.to_thread(instance_reads, cfg)
+    for _ in range(10):
+        status, headers, body = await asyncio.to_thread(
+            raw_get, cfg, {"Cookie": f"session={token}"})
+        assert status == 200
+        assert b"from https://127.0.0.1" in body
+        assert "set-cookie" not in dict(headers)
+    assert await asyncio.to_thread(instance_reads, cfg) == before
+    status, _, _ = await asyncio.to_thread(
+        session_request, cfg, "DELETE", "/session", headers={**write})
+    assert status == 204
+    status, _, _ = await asyncio.to_thread(raw_get, cfg, {"Cookie": f"session={token}"})
+    assert status == 401
