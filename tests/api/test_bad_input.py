@@ -707,7 +707,8 @@ async def test_unsupported_http_method_is_405_json(api):
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/"),
+    # (Not "/": through nginx that is the web app, tests/browser and tests/stack/test_assets.py.)
+    ("GET", "/api"),
     ("GET", "/nope"),
     ("GET", "/todos"),
     ("POST", "/todos"),

@@ -1,5 +1,5 @@
-"""Jobs from the page: an export whose downloaded file holds the rows the list shows, and an
-import whose two bad rows are shown by their line in the file."""
+"""Jobs from the page: an export whose downloaded file holds the rows the list shows, an
+import whose two bad rows are shown by their line in the file, and a progress bar that moves."""
 
 from __future__ import annotations
 
@@ -59,3 +59,27 @@ def test_import_shows_the_rejected_rows_by_line(page, origin, tmp_path):
     expect(p.locator("#todo-list li .content")).to_have_text(["water the plants",
                                                               "book the dentist"])
     assert call(origin, "GET", "/todo", token=token)[1]["data"][1]["is_finished"] is True
+
+
+def test_the_import_progress_bar_moves_through_the_rows(page, origin):
+    username, _ = api_user(origin, "progress")
+    p = page.page
+    log_in(p, origin, username)
+    # Every change of the bar, as (value, max): the worker reports after each 1,000 rows.
+    p.evaluate("""() => {
+        const bar = document.getElementById("import-progress");
+        window.seenProgress = [];
+        new MutationObserver(() => window.seenProgress.push([bar.value, bar.max]))
+            .observe(bar, { attributes: true, attributeFilter: ["value", "max"] });
+    }""")
+    rows = 5000
+    text = "content\n" + "".join(f"row {number}\n" for number in range(rows))
+    p.get_by_label("Import a JSON or CSV file").set_input_files(
+        files=[{"name": "many.csv", "mimeType": "text/csv", "buffer": text.encode()}])
+    p.get_by_role("button", name="Import", exact=True).click()
+    expect(p.locator("#import-status")).to_have_text(
+        f"Imported {rows}, 0 already there, 0 rejected.", timeout=JOB_MS)
+    seen = p.evaluate("window.seenProgress")
+    of_rows = [value for value, top in seen if top == rows]
+    assert any(0 < value < rows for value in of_rows), seen
+    assert of_rows == sorted(of_rows)
