@@ -144,6 +144,7 @@ def print_summary(supervisor: Supervisor) -> None:
     print(supervisor.ctl("status", check=False).rstrip())
     print(f"\nTodo API: {cfg.base_url}  (HTTPS: https://{cfg.listen}:{cfg.https_port}, "
           "self-signed)")
+    print(f"Web app:  {cfg.base_url}/  in a browser")
     ctl = " ".join(supervisor.ctl_command())
     print(f"supervisorctl: scripts/ctl status | scripts/ctl restart 'todo:*' | "
           f"scripts/ctl tail -f todo:todo_{cfg.base_port} | scripts/ctl tail -f celery\n"
