@@ -30,7 +30,9 @@ class PageHandler(RequestHandler):
 async def serve(port: int, body: bytes) -> None:
     app = Application([(r"/.*", PageHandler, {"body": body})])
     server = HTTPServer(app, xheaders=True, idle_connection_timeout=75, body_timeout=30)
-    server.listen(port, "127.0.0.1")
+    # The instances' backlog (server/web/main.py): with Tornado's default of 128, nginx's
+    # connections at -c 1000 overflowed it, timed out connecting and answered 504s.
+    server.listen(port, "127.0.0.1", backlog=1024)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
