@@ -103,15 +103,19 @@ async def user_with_todos(api: Api, name: str, count: int = 3) -> str:
     return token
 
 
-def raw_get(cfg: StackConfig, headers: dict[str, str], *, scheme: str = "http"):
-    """(status, headers without the volatile ones, body) of GET /todo, nothing decoded."""
+def stack_connection(cfg: StackConfig, scheme: str) -> http.client.HTTPConnection:
+    """A connection to the stack's nginx, over HTTP or HTTPS (its self-signed certificate)."""
     if scheme == "https":
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", cfg.https_port, timeout=10, context=context)
-    else:
-        connection = http.client.HTTPConnection("127.0.0.1", cfg.http_port, timeout=10)
+        return http.client.HTTPSConnection("127.0.0.1", cfg.https_port, timeout=10,
+                                           context=context)
+    return http.client.HTTPConnection("127.0.0.1", cfg.http_port, timeout=10)
+
+
+def raw_get(cfg: StackConfig, headers: dict[str, str], *, scheme: str = "http"):
+    """(status, headers without the volatile ones, body) of GET /todo, nothing decoded."""
+    connection = stack_connection(cfg, scheme)
     try:
         connection.request("GET", "/todo", headers=headers)
         reply = connection.getresponse()
@@ -387,13 +391,7 @@ def test_without_nginx_lua_only_an_edge_off_stack_starts(tmp_path, monkeypatch):
 def session_request(cfg: StackConfig, method: str, path: str, *, scheme: str = "http",
                     body: str | None = None, headers: dict[str, str] | None = None):
     """(status, Set-Cookie headers, body) of one request through nginx, over HTTP or HTTPS."""
-    if scheme == "https":
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", cfg.https_port, timeout=10, context=context)
-    else:
-        connection = http.client.HTTPConnection("127.0.0.1", cfg.http_port, timeout=10)
+    connection = stack_connection(cfg, scheme)
     try:
         connection.request(method, path, body=body, headers={
             "Content-Type": "application/json", **(headers or {})})

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from scripts.local_services import LocalServer, free_port, redis_server
 from server.web.edge_lease import EdgeLease
 from tests.conftest import make_settings, start_services, stop_services
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[LocalServer]:
-    server = redis_server(tmp_path / "redis", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
