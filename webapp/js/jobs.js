@@ -53,6 +53,36 @@ const finished = (job) => job.status === "done" || job.status === "failed";
 const statusText = (job) => ({ queued: "Waiting for a worker…", running: "Working…" }[job.status]
                               ?? job.status);
 
+// The job `start()` creates, or null once its refusal is shown (a 401 shows the log-in form).
+async function startJob(start, action, bar, status) {
+    try {
+        return await start();
+    } catch (error) {
+        status.textContent = "";
+        show(bar, false);
+        if (error.status !== 401) warn(describe(error, action));
+        return null;
+    }
+}
+
+// Shows `job`'s progress and state in `bar` and `status` until it ends; `onDone(job)` then shows
+// what it made (`name`, "export" or "import", is for the sentence of a failure).
+function follow(job, name, bar, status, onDone) {
+    watch(job, (now) => {
+        setProgress(bar, now);
+        if (!finished(now)) {
+            status.textContent = statusText(now);
+            return;
+        }
+        watchers.delete(now.id);
+        if (now.status === "failed") {
+            status.textContent = `The ${name} failed: ${now.error ?? "unknown reason"}.`;
+            return;
+        }
+        onDone(now);
+    });
+}
+
 function setUpExport() {
     const form = byId("export-form");
     const bar = byId("export-progress");
@@ -63,26 +93,11 @@ function setUpExport() {
         const format = byId("export-format").value;
         show(link, false);
         status.textContent = "Starting the export…";
-        let job;
-        try {
-            job = await request("POST", "/jobs", { json: { type: "export", format } });
-        } catch (error) {
-            status.textContent = "";
-            show(bar, false);
-            if (error.status !== 401) warn(describe(error, "start the export"));
-            return;
-        }
-        watch(job, (now) => {
-            setProgress(bar, now);
-            if (!finished(now)) {
-                status.textContent = statusText(now);
-                return;
-            }
-            watchers.delete(now.id);
-            if (now.status === "failed") {
-                status.textContent = `The export failed: ${now.error ?? "unknown reason"}.`;
-                return;
-            }
+        const job = await startJob(
+            () => request("POST", "/jobs", { json: { type: "export", format } }),
+            "start the export", bar, status);
+        if (!job) return;
+        follow(job, "export", bar, status, (now) => {
             const rows = now.result?.rows ?? 0;
             status.textContent = `Export ready: ${rows} ${rows === 1 ? "todo" : "todos"}.`;
             link.href = now.result_url;
@@ -121,26 +136,11 @@ function setUpImport() {
         status.textContent = "Uploading…";
         show(bar);
         bar.max = 1;
-        let job;
-        try {
-            job = await upload("/jobs", body, (share) => { bar.value = share; });
-        } catch (error) {
-            status.textContent = "";
-            show(bar, false);
-            if (error.status !== 401) warn(describe(error, "import the file"));
-            return;
-        }
-        watch(job, (now) => {
-            setProgress(bar, now);
-            if (!finished(now)) {
-                status.textContent = statusText(now);
-                return;
-            }
-            watchers.delete(now.id);
-            if (now.status === "failed") {
-                status.textContent = `The import failed: ${now.error ?? "unknown reason"}.`;
-                return;
-            }
+        const job = await startJob(
+            () => upload("/jobs", body, (share) => { bar.value = share; }),
+            "import the file", bar, status);
+        if (!job) return;
+        follow(job, "import", bar, status, (now) => {
             const { imported = 0, duplicates = 0, rejected: bad = 0 } = now.result ?? {};
             status.textContent = `Imported ${imported}, ${duplicates} already there, `
                 + `${bad} rejected.`;

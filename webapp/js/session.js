@@ -38,6 +38,17 @@ export function setUpLoginForm(onSignedIn) {
         onSignedIn(await currentUser());
     }
 
+    // Logs in, or says why not; the form's buttons work again either way.
+    async function logInOrSay(fields) {
+        try {
+            await logIn(fields);
+        } catch (error) {
+            warn(describe(error, "log in", LOGIN_FAILED));
+        } finally {
+            busy(false);
+        }
+    }
+
     form.addEventListener("submit", async (event) => {
         event.preventDefault();
         const fields = credentials();
@@ -46,13 +57,7 @@ export function setUpLoginForm(onSignedIn) {
             return;
         }
         busy(true);
-        try {
-            await logIn(fields);
-        } catch (error) {
-            warn(describe(error, "log in", LOGIN_FAILED));
-        } finally {
-            busy(false);
-        }
+        await logInOrSay(fields);
     });
 
     byId("register").addEventListener("click", async () => {
@@ -67,13 +72,7 @@ export function setUpLoginForm(onSignedIn) {
             busy(false);
             return;
         }
-        try {
-            await logIn(fields);
-        } catch (error) {
-            warn(describe(error, "log in", LOGIN_FAILED));
-        } finally {
-            busy(false);
-        }
+        await logInOrSay(fields);
     });
 }
 
