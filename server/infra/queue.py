@@ -17,9 +17,12 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from server.infra.settings import PROJECT_ROOT, Settings
+from server.infra.settings import PROJECT_ROOT, Settings, is_sentinel_url
 
 CELERY_CONFIG_FILE = PROJECT_ROOT / "conf" / "celeryconfig.py"
+# How long to wait on one Sentinel before asking the next: a Sentinel on a host that is cut
+# off must not hold a publish for Celery's default of no timeout at all.
+SENTINEL_TIMEOUT_SECONDS = 1.0
 # What publishing a job raises when the broker cannot be reached (kombu wraps redis-py's
 # errors in OperationalError, but not on every path).
 PUBLISH_FAILURES = (KombuError, RedisError, OSError)
@@ -49,8 +52,22 @@ def make_celery(settings: Settings, *, results: bool = False) -> Celery:
         backend=settings.result_backend if results else None,
         set_as_current=False,
     )
-    app.config_from_object(load_celery_config())
+    config = load_celery_config()
+    app.config_from_object(config)
+    # With sentinel:// URLs, Celery asks the Sentinels for the master named here (and again
+    # after every lost connection, so a promoted replica is found without a restart).
+    for url, option in ((settings.broker_url, "broker_transport_options"),
+                        (settings.result_backend, "result_backend_transport_options")):
+        if is_sentinel_url(url):
+            app.conf[option] = {**getattr(config, option), **sentinel_options(settings)}
     return app
+
+
+def sentinel_options(settings: Settings) -> dict[str, object]:
+    """Transport options of a queue whose master the Sentinels name."""
+    timeouts = {"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+                "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS}
+    return {"master_name": settings.broker_master_name, "sentinel_kwargs": timeouts}
 
 
 def publish(app: Celery, task_name: str, job_id: str) -> None:

@@ -40,6 +40,11 @@ class Settings:
     # Other databases than the cache's: flushing the cache must not drop queued jobs.
     broker_url: str = "redis://127.0.0.1:6379/1"
     result_backend: str = "redis://127.0.0.1:6379/2"
+    # With sentinel:// URLs: the name the Sentinels monitor the queue's master under.
+    broker_master_name: str = "todo-queue"
+    # A queued job not taken after this long is published again (its message may have been
+    # lost with a broker's master): server/worker/sweeper.py.
+    job_requeue_after: float = 300.0
     db_name: str = "todo"
     secret: str = ""
     secret_file: str = str(DEFAULT_SECRET_FILE)
@@ -82,10 +87,18 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "address": (str, "address to bind; loopback by default (TODO_ADDRESS)"),
     "mongo_uri": (str, "MongoDB connection URI (TODO_MONGO_URI)"),
     "redis_url": (str, "Redis URL for the list cache and token revocations (TODO_REDIS_URL)"),
-    "broker_url": (str, "Redis URL of the Celery job queue; another database than redis_url's "
+    "broker_url": (str, "Redis URL of the Celery job queue; another database than redis_url's; "
+                        "or its Sentinels, sentinel://host:port/db;sentinel://host:port/db;... "
                         "(TODO_BROKER_URL)"),
     "result_backend": (str, "Redis URL where Celery keeps task results; another database than "
-                            "redis_url's (TODO_RESULT_BACKEND)"),
+                            "redis_url's; or sentinel:// addresses as for broker_url "
+                            "(TODO_RESULT_BACKEND)"),
+    "broker_master_name": (str, "the name the Sentinels of sentinel:// broker_url and "
+                                "result_backend monitor the queue's master under "
+                                "(TODO_BROKER_MASTER_NAME)"),
+    "job_requeue_after": (float, "seconds a job may stay queued before workers publish it "
+                                 "again, in case its message was lost with the broker "
+                                 "(TODO_JOB_REQUEUE_AFTER)"),
     "db_name": (str, "MongoDB database name (TODO_DB_NAME)"),
     "secret": (str, "token signing secret, >= 32 characters; generated into --secret-file "
                     "when absent (TODO_SECRET)"),
@@ -208,6 +221,40 @@ def _convert(name: str, raw: str, source: str) -> Any:
 
 
 REDIS_URL_SETTINGS = ("redis_url", "broker_url", "result_backend")
+SENTINEL_SCHEME = "sentinel://"
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether `url` names Redis Sentinels (Celery's sentinel://...;sentinel://... form)."""
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def sentinel_addresses(name: str, url: str) -> tuple[list[tuple[str, int]], int]:
+    """The Sentinels' (host, port) pairs and the database of a sentinel:// setting.
+
+    kombu and Celery take the database from the first address only: one named on a later
+    address alone would be silently ignored, so it is refused unless the first names it too.
+    """
+    sentinels: list[tuple[str, int]] = []
+    databases: list[int | None] = []
+    for part in url.split(";"):
+        if not is_sentinel_url(part):
+            raise SettingsError(f"{name}: every address of a Sentinel URL must start with "
+                                f"sentinel://, got {part!r}")
+        try:
+            as_redis = "redis://" + part.removeprefix(SENTINEL_SCHEME)
+            parsed = parse_redis_url(as_redis)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise SettingsError(f"{name} is not a valid Sentinel URL: {exc}") from None
+        if not parsed.get("host"):
+            raise SettingsError(f"{name}: Sentinel address {part!r} names no host")
+        sentinels.append((parsed["host"], int(parsed.get("port", 26379))))
+        databases.append(parsed.get("db"))
+    database = int(databases[0] or 0)
+    if any(db is not None and int(db) != database for db in databases[1:]):
+        raise SettingsError(f"{name}: Celery reads the database from the first Sentinel "
+                            f"address only; name it there too (sentinel://host:port/db;...)")
+    return sentinels, database
 
 
 def _check_urls(values: dict[str, Any]) -> None:
@@ -219,6 +266,10 @@ def _check_urls(values: dict[str, Any]) -> None:
         raise SettingsError(f"mongo_uri is not a valid MongoDB URI: {exc}") from None
     where: dict[str, tuple[Any, ...]] = {}
     for name in REDIS_URL_SETTINGS:
+        if name != "redis_url" and is_sentinel_url(values[name]):
+            # A master the Sentinels name: never the cache's Redis, which no Sentinel watches.
+            sentinel_addresses(name, values[name])
+            continue
         try:
             parsed = parse_redis_url(values[name])  # type: ignore[no-untyped-call]
         except ValueError as exc:
@@ -228,7 +279,7 @@ def _check_urls(values: dict[str, Any]) -> None:
                        parsed.get("path"), int(parsed.get("db") or 0))
     # The cache may be flushed (and is, after an outage): queued jobs must not go with it.
     for name in ("broker_url", "result_backend"):
-        if where[name] == where["redis_url"]:
+        if name in where and where[name] == where["redis_url"]:
             raise SettingsError(f"{name} must be another Redis database than redis_url's")
 
 
@@ -237,9 +288,13 @@ def _validate(values: dict[str, Any]) -> None:
         (1 <= values["port"] <= 65535, f"port must be 1-65535, got {values['port']}"),
         (values["mongo_uri"].startswith(("mongodb://", "mongodb+srv://")),
          "mongo_uri must start with mongodb:// or mongodb+srv://"),
-        *[(values[name].startswith(("redis://", "rediss://", "unix://")),
-           f"{name} must start with redis://, rediss:// or unix://")
-          for name in REDIS_URL_SETTINGS],
+        (values["redis_url"].startswith(("redis://", "rediss://", "unix://")),
+         "redis_url must start with redis://, rediss:// or unix://"),
+        *[(values[name].startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)),
+           f"{name} must start with redis://, rediss://, unix:// or sentinel://")
+          for name in ("broker_url", "result_backend")],
+        (bool(values["broker_master_name"].strip()), "broker_master_name must not be empty"),
+        (values["job_requeue_after"] >= 1, "job_requeue_after must be at least 1 second"),
         (bool(values["db_name"]) and not set(values["db_name"]) & set('/\\. "$'),
          f"db_name {values['db_name']!r} is not a valid MongoDB database name"),
         (values["token_ttl"] >= 60, "token_ttl must be at least 60 seconds"),

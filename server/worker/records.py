@@ -38,8 +38,9 @@ INTERRUPTED = (
     "its hard time limit); it was given up"
 )
 # A job queued this long ago and still not taken may have lost its message (a broker that
-# lost its data): it is published again. A duplicate message is harmless: the second finds
-# the job taken or finished and does nothing.
+# lost its data, a master killed before its replica had the message): it is published again.
+# A duplicate message is harmless: the second finds the job taken or finished and does
+# nothing. The workers' setting job_requeue_after (TODO_JOB_REQUEUE_AFTER) overrides it.
 REQUEUE_AFTER_SECONDS = 300
 
 
@@ -109,11 +110,12 @@ def requeue_interrupted(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | No
     )
 
 
-def requeue_stale(jobs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
-    """Claim one job queued for longer than REQUEUE_AFTER_SECONDS, to be published again."""
+def requeue_stale(jobs: Collection[dict[str, Any]], *,
+                  after: float = REQUEUE_AFTER_SECONDS) -> dict[str, Any] | None:
+    """Claim one job queued for longer than `after` seconds, to be published again."""
     now = utc_now()
     return jobs.find_one_and_update(
-        {"status": QUEUED, "queued_at": {"$lt": now - timedelta(seconds=REQUEUE_AFTER_SECONDS)}},
+        {"status": QUEUED, "queued_at": {"$lt": now - timedelta(seconds=after)}},
         {"$set": {"queued_at": now}},
         return_document=ReturnDocument.AFTER,
     )

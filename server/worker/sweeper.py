@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from bson import ObjectId
@@ -29,7 +30,13 @@ from server.infra.clock import utc_now
 from server.infra.settings import Settings
 from server.worker import exporting, importing
 from server.worker.clients import WorkerClients
-from server.worker.records import JobListener, expire_file, requeue_interrupted, requeue_stale
+from server.worker.records import (
+    REQUEUE_AFTER_SECONDS,
+    JobListener,
+    expire_file,
+    requeue_interrupted,
+    requeue_stale,
+)
 
 log = logging.getLogger("todo.sweeper")
 
@@ -43,11 +50,13 @@ MAX_CLAIMS = 100
 
 
 def sweep(app: Celery, records: Collection[dict[str, Any]], *,
-          notify: JobListener | None = None) -> list[dict[str, Any]]:
+          notify: JobListener | None = None,
+          requeue_after: float = REQUEUE_AFTER_SECONDS) -> list[dict[str, Any]]:
     """One pass: every claimed job, queued again (and published) or failed for good; its
-    owner is told (`notify`) when its state changed."""
+    owner is told (`notify`) when its state changed. A job still queued after `requeue_after`
+    seconds is published again."""
     claimed = []
-    for claim in (requeue_interrupted, requeue_stale):
+    for claim in (requeue_interrupted, partial(requeue_stale, after=requeue_after)):
         for _ in range(MAX_CLAIMS):
             job = claim(records)
             if job is None:
@@ -65,7 +74,7 @@ def sweep(app: Celery, records: Collection[dict[str, Any]], *,
             try:
                 queue.publish(app, jobs.TASKS[job["type"]], str(job["_id"]))
             except queue.PUBLISH_FAILURES as exc:
-                # Still queued: published again once REQUEUE_AFTER_SECONDS have passed.
+                # Still queued: published again once `requeue_after` seconds have passed.
                 log.warning("job %s: could not publish it again: %s", job["_id"], exc)
     return claimed
 
@@ -98,19 +107,29 @@ def drop_abandoned_uploads(db: Database[dict[str, Any]]) -> int:
     return dropped
 
 
+def sweep_interval(requeue_after: float) -> float:
+    """Seconds between two sweeps: SWEEP_SECONDS, or half of a shorter requeue delay. A lost
+    message is published again at most `requeue_after` plus one interval after it was queued
+    (300 + 10 s by default; 1.5 times `requeue_after` below 20 s)."""
+    return min(SWEEP_SECONDS, requeue_after / 2)
+
+
 class Sweeper:
     """Sweeps every `every` seconds on a daemon thread, between start() and stop()."""
 
     def __init__(self, app: Celery, clients: WorkerClients, *,
-                 every: float = SWEEP_SECONDS) -> None:
+                 every: float = SWEEP_SECONDS,
+                 requeue_after: float = REQUEUE_AFTER_SECONDS) -> None:
         self.app, self.clients, self.every = app, clients, every
+        self.requeue_after = requeue_after
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         while True:
             try:
-                sweep(self.app, self.clients.db["jobs"], notify=self.clients.job_changed)
+                sweep(self.app, self.clients.db["jobs"], notify=self.clients.job_changed,
+                      requeue_after=self.requeue_after)
                 expire_files(self.clients.db["jobs"])
                 drop_abandoned_uploads(self.clients.db)
             except PyMongoError as exc:
@@ -132,7 +151,9 @@ class Sweeper:
 def install(app: Celery, settings: Settings) -> None:
     """Run a sweeper in the worker of `app` while it is up: from worker_ready (its pool is
     started, so no child inherits the sweeper's connections) to worker_shutdown."""
-    running = Sweeper(app, WorkerClients(settings))
+    running = Sweeper(app, WorkerClients(settings),
+                      every=sweep_interval(settings.job_requeue_after),
+                      requeue_after=settings.job_requeue_after)
 
     def start(sender: Any = None, **_: Any) -> None:
         if sender is not None and sender.app is app:

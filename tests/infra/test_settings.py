@@ -74,6 +74,15 @@ def test_dashed_options_and_boolean_flags(tmp_path):
         (["--mongo-uri=mongodb://127.0.0.1:abc"], {}, "mongo_uri is not a valid MongoDB URI"),
         (["--redis-url=redis://127.0.0.1:abc/0"], {}, "redis_url is not a valid Redis URL"),
         ([], {"TODO_BROKER_URL": "amqp://x"}, "broker_url must start with redis://"),
+        ([], {"TODO_BROKER_URL": "sentinel://127.0.0.1:26379;redis://127.0.0.1:6380/0"},
+         "every address of a Sentinel URL must start with sentinel://, got 'redis://"),
+        (["--result-backend=sentinel://127.0.0.1:x/1"], {},
+         "result_backend is not a valid Sentinel URL"),
+        ([], {"TODO_BROKER_URL": "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380/1"},
+         "broker_url: Celery reads the database from the first Sentinel address only"),
+        ([], {"TODO_BROKER_URL": "sentinel://:26379/1"}, "names no host"),
+        (["--broker-master-name= "], {}, "broker_master_name must not be empty"),
+        ([], {"TODO_JOB_REQUEUE_AFTER": "0.5"}, "job_requeue_after must be at least 1 second"),
         (["--result-backend=redis://127.0.0.1:abc/2"], {},
          "result_backend is not a valid Redis URL"),
         (["--broker-url=redis://127.0.0.1:6379/0"], {},
@@ -161,3 +170,21 @@ def test_the_upload_limit_comes_from_every_source(tmp_path):
     from_argv = load_settings(["--max-upload-size", "8192"],
                               env={"TODO_CONF": conf, "TODO_SECRET": SECRET})
     assert from_argv.max_upload_size == 8192
+
+
+def test_the_queue_may_be_found_through_its_sentinels(tmp_path):
+    """Celery's own form: each Sentinel's address, separated by `;`, the database on the first
+    (kombu and Celery read it there); the master's name is a setting of its own."""
+    sentinels = "sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0"
+    env = {"TODO_CONF": write_conf(tmp_path, ""), "TODO_SECRET": SECRET,
+           "TODO_BROKER_URL": sentinels, "TODO_RESULT_BACKEND": sentinels.replace("/0", "/1"),
+           "TODO_BROKER_MASTER_NAME": "queue-a", "TODO_JOB_REQUEUE_AFTER": "5"}
+    settings = load_settings([], env=env)
+    assert (settings.broker_url, settings.broker_master_name) == (sentinels, "queue-a")
+    assert settings.job_requeue_after == 5.0
+    assert load_settings([], env={**env, "TODO_BROKER_MASTER_NAME": ""}).broker_master_name == (
+        Settings.broker_master_name
+    )
+    # The issue's form: the database on the last address only is fine while it is 0.
+    last_only = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380;sentinel://127.0.0.1:26381/0"
+    assert load_settings([f"--broker-url={last_only}"], env=env).broker_url == last_only

@@ -73,6 +73,21 @@ async def test_a_queued_job_whose_message_was_lost_is_published_again(
     assert (done["status"], done["result"]) == (jobs.DONE, {"deleted": 0}), worker.log()
 
 
+def test_job_requeue_after_sets_how_soon_a_queued_job_is_published_again(settings, records):
+    owner = ObjectId()
+    stale, fresh = jobs.new_job(owner, "purge", {}), jobs.new_job(owner, "purge", {})
+    stale["queued_at"] -= timedelta(seconds=3)
+    records.insert_many([stale, fresh])
+    published: list[str] = []
+    app = SimpleNamespace(send_task=lambda name, args, task_id: published.append(task_id))
+    assert sweeper.sweep(app, records) == []  # type: ignore[arg-type]
+    claimed = sweeper.sweep(app, records, requeue_after=2)  # type: ignore[arg-type]
+    assert [job["_id"] for job in claimed] == [stale["_id"]]
+    assert published == [str(stale["_id"])]
+    # Sweeps come often enough for a short delay: at most 1.5 times it, then every 10 s.
+    assert (sweeper.sweep_interval(2), sweeper.sweep_interval(300)) == (1, sweeper.SWEEP_SECONDS)
+
+
 def test_a_job_interrupted_too_often_is_failed_not_queued_again(settings, records):
     owner = ObjectId()
     again = running_job(records, owner, lease_ago=1,
