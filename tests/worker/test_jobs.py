@@ -48,6 +48,8 @@ class Worker:
             "TODO_REDIS_URL": self.settings.redis_url,
             "TODO_BROKER_URL": self.settings.broker_url,
             "TODO_RESULT_BACKEND": self.settings.result_backend,
+            "TODO_BROKER_MASTER_NAME": self.settings.broker_master_name,
+            "TODO_JOB_REQUEUE_AFTER": str(self.settings.job_requeue_after),
             "TODO_DB_NAME": self.settings.db_name,
             "TODO_REDIS_PREFIX": self.settings.redis_prefix,
             "TODO_SECRET": TEST_SECRET,
