@@ -5,6 +5,7 @@ request.
     todo-stack up [--instances N] [--http-port 8000] [--https-port 8443] [--base-port 8001]
     todo-stack status | down | restart
     todo-stack up --edge off        every request to the instances (nginx without Lua)
+    todo-stack up --queue-sentinels 3   the job queue's Redis with a replica and 3 Sentinels
     todo-stack edge on|off          switch the edge of the running stack (nginx reloads)
     todo-stack ctl -- status | restart todo:* | tail -f todo:todo_8001
 
@@ -30,7 +31,14 @@ from pymongo.errors import PyMongoError
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, port_in_use
 from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
-from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError, nginx_conf, supervisord_conf
+from scripts.stack.config import (
+    DEFAULT_VAR,
+    StackConfig,
+    StackError,
+    nginx_conf,
+    supervisord_conf,
+    write_sentinel_configs,
+)
 from scripts.stack.supervisor import Supervisor, check_nginx_conf
 from server.infra.queue import load_celery_config
 from server.infra.settings import Settings, load_or_create_secret
@@ -77,6 +85,7 @@ def check_ports_free(cfg: StackConfig) -> None:
         wanted.append((cfg.redis_port, "redis-server"))
         if not cfg.external_broker_url:
             wanted.append((cfg.broker_port, "redis-server of the job queue"))
+    wanted += queue_sentinel_ports(cfg)
     for port, role in wanted:
         host = cfg.listen if role.startswith("nginx") else "127.0.0.1"
         if port_in_use(port, host):
@@ -86,11 +95,22 @@ def check_ports_free(cfg: StackConfig) -> None:
         raise StackError(f"two parts of the stack would share a port: {sorted(ports)}")
 
 
+def queue_sentinel_ports(cfg: StackConfig) -> list[tuple[int, str]]:
+    """The ports the queue's replica and Sentinels take (none without --queue-sentinels)."""
+    if not cfg.queue_sentinels:
+        return []
+    return [(cfg.broker_replica_port, "redis-server of the job queue's replica"),
+            *[(port, "Sentinel of the job queue") for port in cfg.sentinel_ports]]
+
+
 def prepare(cfg: StackConfig) -> Supervisor:
     # nginx.d/: config files tools drop in (nginx.conf includes them; see scripts/bench).
     subs = ("run", "log", "mongo", "redis", "broker", "tls", "nginx.d/http", "nginx.d/server")
     for sub in subs:
         cfg.path(sub).mkdir(parents=True, exist_ok=True)
+    if cfg.queue_sentinels:
+        cfg.path("broker_replica").mkdir(exist_ok=True)
+        write_sentinel_configs(cfg)
     temp = cfg.path("nginx-temp")
     temp.mkdir(exist_ok=True)
     temp.chmod(0o1777)  # nginx workers run unprivileged
@@ -227,6 +247,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--redis-port", type=int, default=defaults.redis_port)
     start.add_argument("--broker-port", type=int, default=defaults.broker_port,
                        help="port of the job queue's own Redis")
+    start.add_argument("--queue-sentinels", type=int, default=defaults.queue_sentinels,
+                       metavar="N",
+                       help="give the job queue's Redis a replica (on --broker-port + 1) and N "
+                            "Sentinels that promote it when the master fails (3 survives the "
+                            "loss of any one); 0, the default: one Redis")
+    start.add_argument("--sentinel-port", type=int, default=defaults.sentinel_port,
+                       help="the first Sentinel's port; the others follow consecutively")
     start.add_argument("--db-name", default=defaults.db_name)
     start.add_argument("--rate-limit", type=int, default=defaults.rate_limit,
                        help="requests per second per client address (nginx limit_req)")
@@ -253,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config_from(args: argparse.Namespace) -> StackConfig:
     if args.instances < 1 or args.rate_limit < 1:
         raise StackError("--instances and --rate-limit must be at least 1")
+    check_queue_sentinels(args.queue_sentinels)
     return StackConfig(
         var=str(args.var.resolve()), instances=args.instances, base_port=args.base_port,
         http_port=args.http_port, https_port=args.https_port, listen=args.listen,
@@ -263,8 +291,19 @@ def _config_from(args: argparse.Namespace) -> StackConfig:
         db_name=args.db_name, rate_limit=args.rate_limit, rate_limit_burst=args.rate_limit_burst,
         rate_limit_exempt=tuple(a.strip() for a in args.rate_limit_exempt.split(",") if a.strip()),
         edge=args.edge,
+        queue_sentinels=args.queue_sentinels, sentinel_port=args.sentinel_port,
         webapp_dir=str(args.webapp_dir.resolve()) if args.webapp_dir else "",
     )
+
+
+def check_queue_sentinels(count: int) -> None:
+    """--queue-sentinels runs the queue's own Redis: never beside a queue of one's own."""
+    if count and not 3 <= count <= 7:
+        raise StackError("--queue-sentinels must be 0 (one Redis) or 3 to 7 Sentinels")
+    for name in ("TODO_BROKER_URL", "TODO_REDIS_URL"):
+        if count and os.environ.get(name):
+            raise StackError(f"--queue-sentinels runs the job queue's own Redis; {name} names "
+                             "a server of yours: leave one of them out")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.connection import parse_url as parse_redis_url
 
 from scripts.local_services import find_mongod, find_redis_server
+from scripts.stack import sentinel
 from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.queue import load_celery_config
 from server.infra.settings import PROJECT_ROOT, Settings
@@ -46,6 +47,10 @@ class StackConfig:
     mongo_port: int = 27017
     redis_port: int = 6379
     broker_port: int = 6380
+    # 0: the queue is one Redis. N (3): a master on broker_port, its replica on broker_port + 1
+    # and N Sentinels on sentinel_port, sentinel_port + 1, ... (scripts/stack/sentinel.py).
+    queue_sentinels: int = 0
+    sentinel_port: int = 26379
     external_mongo_uri: str = ""
     external_redis_url: str = ""
     external_broker_url: str = ""
@@ -87,12 +92,23 @@ class StackConfig:
         return self.external_redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
+    def broker_replica_port(self) -> int:
+        return self.broker_port + 1
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        return [self.sentinel_port + i for i in range(self.queue_sentinels)]
+
+    @property
     def broker_url(self) -> str:
         """The job queue. Its own Redis by default: every write on disk before it is
         acknowledged, never an eviction. Given only a Redis of one's own (TODO_REDIS_URL), its
-        database 1: never the cache's, which is flushed after an outage."""
+        database 1: never the cache's, which is flushed after an outage. With Sentinels, their
+        addresses: the clients ask them for the master."""
         if self.external_broker_url:
             return self.external_broker_url
+        if self.queue_sentinels:
+            return sentinel.sentinel_url(self.sentinel_ports, 0)
         if self.external_redis_url:
             return redis_db_url(self.external_redis_url, 1)
         return f"redis://127.0.0.1:{self.broker_port}/0"
@@ -100,6 +116,8 @@ class StackConfig:
     @property
     def result_backend(self) -> str:
         """Celery's results: the database after the queue's, on the same Redis."""
+        if self.queue_sentinels and not self.external_broker_url:
+            return sentinel.sentinel_url(self.sentinel_ports, 1)
         queue_db = int(urlsplit(self.broker_url).path.strip("/") or 0)
         return redis_db_url(self.broker_url, queue_db + 1)
 
@@ -249,7 +267,9 @@ def supervisord_conf(cfg: StackConfig) -> str:
             "role": "The cache, rate limits, revocation copies and pub/sub.",
             "persistence": "--appendonly yes --appendfsync everysec",
         }))
-    if not cfg.external_broker_url and not cfg.external_redis_url:
+    if cfg.queue_sentinels:
+        programs.extend(queue_sentinel_programs(cfg, common))
+    elif not cfg.external_broker_url and not cfg.external_redis_url:
         programs.append(render("supervisor-redis.conf.in", {
             **common, "program": "broker", "redis_server": find_redis_server(),
             "redis_data": cfg.path("broker"), "redis_port": cfg.broker_port,
@@ -263,6 +283,7 @@ def supervisord_conf(cfg: StackConfig) -> str:
         "redis_url": _supervisor_value(cfg.redis_url),
         "broker_url": _supervisor_value(cfg.broker_url),
         "result_backend": _supervisor_value(cfg.result_backend),
+        "broker_master_name": sentinel.MASTER_NAME,
         "db_name": cfg.db_name, "secret_file": cfg.path("secret"),
     }
     for port in cfg.ports:
@@ -284,3 +305,46 @@ def supervisord_conf(cfg: StackConfig) -> str:
     return render("supervisord.conf.in", {
         **common, "programs": "\n".join(programs), "open_files": open_files_limit(),
     })
+
+
+QUEUE_ROLE = ("The job queue: a queued job is on disk before POST /jobs answers 202 (fsync on "
+              "every write), and a full queue refuses work rather than evicting jobs.")
+
+
+def queue_sentinel_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
+    """The queue behind Sentinels: `broker` (the first master) and `broker_replica`, each
+    started in the role the Sentinels give it, and the Sentinels (group `sentinels`)."""
+    sentinels = ",".join(f"127.0.0.1:{port}" for port in cfg.sentinel_ports)
+    first_master = f" --replica-of 127.0.0.1:{cfg.broker_port}"
+    nodes = [("broker", cfg.broker_port, ""),
+             ("broker_replica", cfg.broker_replica_port, first_master)]
+    programs = [render("supervisor-redis.conf.in", {
+        **common, "program": program, "redis_data": cfg.path(program), "redis_port": port,
+        "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me 127.0.0.1:{port} "
+                        f"--sentinels {sentinels}{replica_of} -- {find_redis_server()}",
+        "role": f"{QUEUE_ROLE} Its role (master or replica) is the one the Sentinels give it.",
+        "persistence": " ".join(sentinel.QUEUE_NODE_OPTIONS),
+    }) for program, port, replica_of in nodes]
+    names = [f"sentinel_{port}" for port in cfg.sentinel_ports]
+    programs += [render("supervisor-sentinel.conf.in", {
+        **common, "program": name, "redis_server": find_redis_server(),
+        "sentinel_conf": cfg.path("sentinel", str(port), "sentinel.conf"),
+    }) for name, port in zip(names, cfg.sentinel_ports, strict=True)]
+    # A group starts and stops by its own priority (999 unless given): the Sentinels' is
+    # their programs', so they start before the queue's nodes and stop after the worker,
+    # which asks them for the master while it shuts down.
+    group = f"[group:sentinels]\nprograms = {','.join(names)}\npriority = 5\n"
+    return [*programs, group]
+
+
+def write_sentinel_configs(cfg: StackConfig) -> None:
+    """Each Sentinel's config, fresh at every `up`: the queue starts with `broker` as its
+    master (after a failover both nodes hold the same jobs once the old master has synced;
+    a job lost otherwise is published again from MongoDB by the sweeper)."""
+    for port in cfg.sentinel_ports:
+        directory = cfg.path("sentinel", str(port))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sentinel.conf").write_text(sentinel.sentinel_conf(
+            port=port, directory=directory, master_port=cfg.broker_port,
+            sentinels=cfg.queue_sentinels,
+        ))

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--master-name", default=MASTER_NAME)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    command = [word for word in args.command if word != "--"]
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("the redis-server command line is missing")
     sentinels = [_address(text) for text in args.sentinels.split(",")]
