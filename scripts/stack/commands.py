@@ -292,6 +292,8 @@ def _config_from(args: argparse.Namespace) -> StackConfig:
         rate_limit_exempt=tuple(a.strip() for a in args.rate_limit_exempt.split(",") if a.strip()),
         edge=args.edge,
         queue_sentinels=args.queue_sentinels, sentinel_port=args.sentinel_port,
+        broker_master_name=os.environ.get("TODO_BROKER_MASTER_NAME")
+        or StackConfig.broker_master_name,
         webapp_dir=str(args.webapp_dir.resolve()) if args.webapp_dir else "",
     )
 

@@ -20,7 +20,7 @@ from scripts.local_services import find_mongod, find_redis_server
 from scripts.stack import sentinel
 from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.queue import load_celery_config
-from server.infra.settings import PROJECT_ROOT, Settings
+from server.infra.settings import PROJECT_ROOT, Settings, is_sentinel_url, sentinel_addresses
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"
@@ -51,6 +51,8 @@ class StackConfig:
     # and N Sentinels on sentinel_port, sentinel_port + 1, ... (scripts/stack/sentinel.py).
     queue_sentinels: int = 0
     sentinel_port: int = 26379
+    # The name the Sentinels (ours, or those of TODO_BROKER_URL) know the queue's master by.
+    broker_master_name: str = Settings.broker_master_name
     external_mongo_uri: str = ""
     external_redis_url: str = ""
     external_broker_url: str = ""
@@ -116,8 +118,10 @@ class StackConfig:
     @property
     def result_backend(self) -> str:
         """Celery's results: the database after the queue's, on the same Redis."""
-        if self.queue_sentinels and not self.external_broker_url:
-            return sentinel.sentinel_url(self.sentinel_ports, 1)
+        if is_sentinel_url(self.broker_url):  # every Sentinel's address, the database on each
+            queue_db = sentinel_addresses("TODO_BROKER_URL", self.broker_url)[1]
+            return ";".join(redis_db_url(part, queue_db + 1)
+                            for part in self.broker_url.split(";"))
         queue_db = int(urlsplit(self.broker_url).path.strip("/") or 0)
         return redis_db_url(self.broker_url, queue_db + 1)
 
@@ -283,7 +287,7 @@ def supervisord_conf(cfg: StackConfig) -> str:
         "redis_url": _supervisor_value(cfg.redis_url),
         "broker_url": _supervisor_value(cfg.broker_url),
         "result_backend": _supervisor_value(cfg.result_backend),
-        "broker_master_name": sentinel.MASTER_NAME,
+        "broker_master_name": _supervisor_value(cfg.broker_master_name),
         "db_name": cfg.db_name, "secret_file": cfg.path("secret"),
     }
     for port in cfg.ports:
@@ -321,7 +325,8 @@ def queue_sentinel_programs(cfg: StackConfig, common: dict[str, object]) -> list
     programs = [render("supervisor-redis.conf.in", {
         **common, "program": program, "redis_data": cfg.path(program), "redis_port": port,
         "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me 127.0.0.1:{port} "
-                        f"--sentinels {sentinels}{replica_of} -- {find_redis_server()}",
+                        f"--sentinels {sentinels}{replica_of} "
+                        f"--master-name {cfg.broker_master_name} -- {find_redis_server()}",
         "role": f"{QUEUE_ROLE} Its role (master or replica) is the one the Sentinels give it.",
         "persistence": " ".join(sentinel.QUEUE_NODE_OPTIONS),
     }) for program, port, replica_of in nodes]
@@ -346,5 +351,5 @@ def write_sentinel_configs(cfg: StackConfig) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "sentinel.conf").write_text(sentinel.sentinel_conf(
             port=port, directory=directory, master_port=cfg.broker_port,
-            sentinels=cfg.queue_sentinels,
+            sentinels=cfg.queue_sentinels, master_name=cfg.broker_master_name,
         ))
