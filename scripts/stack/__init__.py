@@ -2,6 +2,7 @@
 instances, the worker and nginx), brought up, down and restarted without a dropped request.
 
 `config` is what the stack was asked for and the nginx and supervisord configs rendered from
-conf/; `supervisor` drives supervisord and reloads nginx; `commands` are up, down, status,
-restart and ctl (`main` is the console script).
+conf/; `sentinel` the job queue's Sentinels and the start of its nodes (`--queue-sentinels`);
+`supervisor` drives supervisord and reloads nginx; `commands` are up, down, status, restart
+and ctl (`main` is the console script).
 """

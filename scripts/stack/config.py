@@ -19,8 +19,9 @@ from redis.connection import parse_url as parse_redis_url
 from scripts.local_services import find_mongod, find_redis_server
 from scripts.stack import sentinel
 from server.domain.import_form import body_limit as upload_body_limit
+from server.infra.addresses import is_sentinel_url, sentinel_addresses
 from server.infra.queue import load_celery_config
-from server.infra.settings import PROJECT_ROOT, Settings, is_sentinel_url, sentinel_addresses
+from server.infra.settings import PROJECT_ROOT, Settings
 
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_VAR = PROJECT_ROOT / "var"

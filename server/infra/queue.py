@@ -17,7 +17,8 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from server.infra.settings import PROJECT_ROOT, Settings, is_sentinel_url
+from server.infra.addresses import is_sentinel_url
+from server.infra.settings import PROJECT_ROOT, Settings
 
 CELERY_CONFIG_FILE = PROJECT_ROOT / "conf" / "celeryconfig.py"
 # How long to wait on one Sentinel before asking the next: a Sentinel on a host that is cut
