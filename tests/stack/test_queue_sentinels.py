@@ -16,6 +16,7 @@ from scripts.local_services import alive, port_in_use
 from scripts.stack import commands, sentinel
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
+from server.infra.settings import Settings
 from tests.conftest import Api, consecutive_free_ports, running_stack
 from tests.stack.test_stack import wait_for_jobs
 
@@ -53,6 +54,7 @@ def program_settings(cfg: StackConfig, program: str) -> dict[str, str]:
 
 
 def test_the_instances_and_the_worker_ask_the_sentinels_for_the_queue(cfg):
+    assert sentinel.MASTER_NAME == Settings.broker_master_name == cfg.broker_master_name
     urls = [f"sentinel://127.0.0.1:{port}/0" for port in cfg.sentinel_ports]
     assert cfg.broker_url == ";".join(urls)
     assert cfg.result_backend == ";".join(url.replace("/0", "/1") for url in urls)
