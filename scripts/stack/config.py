@@ -61,6 +61,18 @@ class StackConfig:
     # Where `up` publishes the web app for nginx (empty: var/webapp). nginx's workers, which
     # are unprivileged when root starts the stack, must be able to reach it.
     webapp_dir: str = ""
+    # One host of several (scripts/lab): the address this host's instances, mongod and Redis
+    # bind (and the instances' edge-lease names), the instances nginx sends to when they run
+    # on other hosts ("address:port"; empty: this host's own on loopback), which programs this
+    # host's supervisord runs (empty: all of them; names in PROGRAM_ROLES), the replica set
+    # its mongod is a member of (empty: a standalone mongod), and how long nginx waits for an
+    # instance's answer before a read goes to the next instance (a host cut off the network
+    # never answers on the connections nginx keeps open to it).
+    address: str = "127.0.0.1"
+    upstreams: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()
+    mongo_replica_set: str = ""
+    upstream_read_timeout: int = 30
 
     @property
     def root(self) -> Path:
@@ -76,7 +88,18 @@ class StackConfig:
 
     def instance_name(self, port: int) -> str:
         """The name an instance renews its edge lease under (its settings' default too)."""
-        return f"127.0.0.1:{port}"
+        return f"{self.address}:{port}"
+
+    @property
+    def upstream_addresses(self) -> list[tuple[str, int]]:
+        """nginx's upstream servers ("address:port") and the port that marks each down."""
+        if self.upstreams:
+            return [(name, int(name.rsplit(":", 1)[1])) for name in self.upstreams]
+        return [(f"127.0.0.1:{port}", port) for port in self.ports]
+
+    def runs(self, program: str) -> bool:
+        """Whether this host's supervisord runs `program` (a key of PROGRAM_ROLES)."""
+        return not self.programs or program in self.programs
 
     @property
     def mongo_uri(self) -> str:
@@ -120,6 +143,9 @@ class StackConfig:
         except FileNotFoundError:
             raise StackError(f"no stack set up in {var}; run `todo-stack up` first") from None
         values["rate_limit_exempt"] = tuple(values["rate_limit_exempt"])
+        for name in ("upstreams", "programs"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -194,7 +220,7 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
         "redis_host": _lua(host), "redis_port": int(redis.get("port", 6379)),
         "redis_db": int(redis.get("db", 0)), "redis_password": _lua(redis.get("password") or ""),
         "redis_prefix": _lua(REDIS_PREFIX),
-        "instances": ", ".join(_lua(cfg.instance_name(port)) for port in cfg.ports),
+        "instances": ", ".join(_lua(name) for name, _ in cfg.upstream_addresses),
     })
     access = f"            access_by_lua_file {EDGE_DIR}/access.lua;\n"
     return {
@@ -207,13 +233,14 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
 def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     """nginx.conf for the instances; those in `down` get no new requests (rolling restart)."""
     servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=1s"
+        f"        server {address} max_fails=1 fail_timeout=1s"
         + (" down;" if port in down else ";")
-        for port in cfg.ports
+        for address, port in cfg.upstream_addresses
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
     shared: dict[str, object] = {"rate_limit_burst": cfg.rate_limit_burst,
-                                 "upstream_tries": max(2, min(cfg.instances, 3))}
+                                 "upstream_tries": max(2, min(len(cfg.upstream_addresses), 3)),
+                                 "upstream_read_timeout": cfg.upstream_read_timeout}
     # Without the snippet's own two comment lines.
     proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
     return render("nginx.conf.in", {
@@ -234,13 +261,17 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
 def supervisord_conf(cfg: StackConfig) -> str:
     common: dict[str, object] = {
         "project_root": PROJECT_ROOT, "log_dir": cfg.path("log"), "run_dir": cfg.path("run"),
-        "python": sys.executable,
+        "python": sys.executable, "address": cfg.address,
+        # Redis refuses every client but loopback's without a password (protected mode); a host
+        # of the lab binds its own address on a network that exists only inside the lab.
+        "protected_mode": "yes" if cfg.address == "127.0.0.1" else "no",
     }
     programs = []
     if not cfg.external_mongo_uri:
         programs.append(render("supervisor-mongod.conf.in", {
             **common, "mongod": find_mongod(), "mongo_data": cfg.path("mongo"),
             "mongo_port": cfg.mongo_port,
+            "mongod_options": f"--replSet {cfg.mongo_replica_set}" if cfg.mongo_replica_set else "",
         }))
     if not cfg.external_redis_url:
         programs.append(render("supervisor-redis.conf.in", {
@@ -281,6 +312,24 @@ def supervisord_conf(cfg: StackConfig) -> str:
     programs.append(render("supervisor-nginx.conf.in", {
         **common, "nginx": find_nginx(), "nginx_conf": cfg.path("run", "nginx.conf"),
     }))
+    programs = [section for section in programs if cfg.runs(program_role(section))]
     return render("supervisord.conf.in", {
         **common, "programs": "\n".join(programs), "open_files": open_files_limit(),
     })
+
+
+# What `StackConfig.programs` names: a role -> the supervisor programs (or group) it stands for.
+PROGRAM_ROLES = {
+    "mongod": "mongod", "redis": "redis", "broker": "broker", "instances": "todo",
+    "celery": "celery", "nginx": "nginx",
+}
+
+
+def program_role(section: str) -> str:
+    """The role (a key of PROGRAM_ROLES) of a rendered [program:…] or [group:…] section."""
+    match = re.search(r"^\[(?:program|group):([^\]]+)\]", section, re.MULTILINE)
+    name = match.group(1) if match else ""
+    for role, prefix in PROGRAM_ROLES.items():
+        if name == prefix or name.startswith(f"{prefix}_"):
+            return role
+    return name
