@@ -16,9 +16,9 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts.local_services import alive
 from scripts.netlab import netns
 from scripts.netlab.topology import DEFAULT_NAME, DEFAULT_SUBNET, START_ORDER, Lab
 from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
@@ -96,15 +96,15 @@ def start_host(lab: Lab, name: str, cfg: StackConfig) -> None:
 
 
 def stop_hosts(lab: Lab, names: list[str], timeout: float = STOP_TIMEOUT) -> None:
-    """supervisorctl shutdown on each host at once, then wait until every pid is gone."""
-    pids: list[int] = []
-    for name in names:
-        supervisor = Supervisor(lab.stack_config(name))
-        if supervisor.pid() is not None:
-            pids += supervisor.all_pids()
-            supervisor.ctl("shutdown", check=False)
+    """supervisorctl shutdown on every host at once (each program stops its own way: jobs
+    finish, requests drain), then wait until nothing runs in their namespaces any more."""
+    supervisors = [Supervisor(lab.stack_config(name)) for name in names]
+    with ThreadPoolExecutor(max_workers=max(1, len(supervisors))) as pool:
+        list(pool.map(lambda supervisor: supervisor.ctl("shutdown", check=False),
+                      [supervisor for supervisor in supervisors if supervisor.pid()]))
     deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(
+            netns.pids(lab.host(name).netns) for name in names):
         time.sleep(0.2)
     # Whatever did not stop in time is killed by pid with its namespace (netns.remove).
 

@@ -91,19 +91,24 @@ def build(lab: Lab) -> None:
         ip("link", "set", "eth0", "up", netns=host.netns)
 
 
+def pids(netns: str) -> list[int]:
+    """Every process in `netns` (none when it does not exist)."""
+    return [int(pid) for pid in ip("netns", "pids", netns, check=False).split()]
+
+
 def kill_processes(netns: str, grace: float = 10.0) -> list[int]:
     """Stop, by pid, whatever still runs in `netns` (TERM, then KILL); the pids it found."""
-    pids = [int(pid) for pid in ip("netns", "pids", netns, check=False).split()]
+    found = pids(netns)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        for pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in found) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not any(alive(pid) for pid in pids):
+        if not any(alive(pid) for pid in found):
             break
-    return pids
+    return found
 
 
 def remove(lab: Lab) -> None:
