@@ -6,6 +6,7 @@ Each task prints one JSON object. It refuses to run outside a lab namespace.
     initiate LAB_JSON     initiate the replica set (once) and wait for a primary
     indexes LAB_JSON      create the indexes once MongoDB has a primary
     health LAB_JSON       every server and instance of the lab, and how it answers
+    members LAB_JSON      each replica-set member's state, quickly
 """
 
 from __future__ import annotations
@@ -90,18 +91,24 @@ def initiate(lab: Lab, timeout: float) -> dict[str, Any]:
     return {"primary": found}
 
 
-def health(lab: Lab) -> dict[str, str]:
-    """Each part of the lab -> how it answers, from this namespace."""
+def members(lab: Lab, timeout_ms: int = 1000) -> dict[str, str]:
+    """Each replica-set member -> its state and set, as it says itself."""
     report: dict[str, str] = {}
     for member in lab.mongo_members():
         try:
-            with _direct(member, 1000) as client:
+            with _direct(member, timeout_ms) as client:
                 hello = client.admin.command("hello")
             state = ("PRIMARY" if hello.get("isWritablePrimary") else
                      "SECONDARY" if hello.get("secondary") else "other")
             report[f"mongod {member}"] = f"{state} of {hello.get('setName', '-')}"
         except PyMongoError as exc:
             report[f"mongod {member}"] = f"DOWN: {type(exc).__name__}"
+    return report
+
+
+def health(lab: Lab) -> dict[str, str]:
+    """Each part of the lab -> how it answers, from this namespace."""
+    report = members(lab)
     for role, url in (("cache redis", lab.cache_url()), ("queue redis", lab.queue_url())):
         try:
             redis = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
@@ -124,7 +131,7 @@ def health(lab: Lab) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts.netlab.inside", description=__doc__)
-    parser.add_argument("task", choices=["initiate", "indexes", "health"])
+    parser.add_argument("task", choices=["initiate", "indexes", "health", "members"])
     parser.add_argument("lab_json", type=Path)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                 StackConfig(external_mongo_uri=lab.mongo_uri(), db_name=lab.db_name),
                 args.timeout)
             result = {"indexes": "created"}
+        elif args.task == "members":
+            result = dict(members(lab, timeout_ms=500))
         else:
             result = dict(health(lab))
     except StackError as exc:
