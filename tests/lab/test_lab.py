@@ -25,6 +25,7 @@ import pytest
 from scripts.local_services import alive
 from scripts.netlab import commands, netns
 from scripts.netlab.topology import Lab
+from tests.worker.test_import import MULTIPART, csv_file, form
 
 REASON = netns.can_build()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no lab here: {REASON}")
@@ -66,11 +67,13 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, JSON or bytes); a `bytes` body goes as it is, anything else as
+        JSON."""
         sent = dict(headers or {})
         if token:
             sent["Authorization"] = f"Bearer {token}"
-        data = None
-        if body is not None:
+        data = body if isinstance(body, bytes) else None
+        if body is not None and data is None:
             data = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"
         try:
@@ -382,6 +385,67 @@ def test_a_primary_cut_off_loses_no_acknowledged_write(lab, client):
     print(f"\n{len(writers.acknowledged)} writes acknowledged, none lost or doubled; new "
           f"primary seen {elected:.1f}s after {old} was cut, the last failed attempt "
           f"{resumed:.1f}s after it")
+
+
+# -- a worker host cut off mid-import ----------------------------------------------------------
+def celery_log_sizes(lab: Lab) -> dict[str, int]:
+    return {name: lab.path(name, "log", "celery.log").stat().st_size for name in ("app1", "app2")}
+
+
+def worker_host_of_new_task(lab: Lab, before: dict[str, int], timeout: float = 20) -> str:
+    """The app host whose worker received a task since `before` (its celery.log's sizes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, size in before.items():
+            with open(lab.path(name, "log", "celery.log"), "rb") as log:
+                log.seek(size)
+                if b" received" in log.read():
+                    return name
+        time.sleep(0.1)
+    raise AssertionError("no worker received the job")
+
+
+def test_a_worker_host_cut_mid_import_finishes_it_on_the_other_once(lab, client):
+    """The worker's lease in the job's record runs out (30 s) while its host is cut off; the
+    other host's sweeper queues the job again and its worker skips the rows already in."""
+    token = client.register("lab_import")
+    count = 30_000
+    data = csv_file([[f"row {i}", "false"] for i in range(count)])
+    sizes = celery_log_sizes(lab)
+    status, _, job = client.request("POST", "/jobs", form(data), token, MULTIPART)
+    assert status == 202, job
+    worker = worker_host_of_new_task(lab, sizes)
+    deadline = time.monotonic() + 60
+    while not (job["status"] == "running" and 0 < job["progress"]["done"] < count):
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, f"the import was never seen half-way: {job}"
+        time.sleep(0.02)
+        job = client.request("GET", f"/jobs/{job['id']}", token=token)[2]
+    cut_at, cut_progress = time.monotonic(), job["progress"]["done"]
+    set_link(lab, worker, "down")
+    try:
+        deadline = time.monotonic() + 100
+        while job["status"] != "done" and time.monotonic() < deadline:
+            assert job["status"] in ("queued", "running"), job
+            time.sleep(0.5)
+            job = client.request("GET", f"/jobs/{job['id']}", token=token)[2]
+        done_after = time.monotonic() - cut_at
+    finally:
+        set_link(lab, worker, "up")
+    assert job["status"] == "done", job
+    assert job["result"]["imported"] + job["result"]["duplicates"] == count, job["result"]
+    # Back on the network, the first attempt finds the job no longer its own and stops.
+    time.sleep(3)
+    contents: list[str] = []
+    path: str | None = "/todo?limit=100"
+    while path:
+        status, _, page = client.request("GET", path, token=token)
+        assert status == 200
+        contents += [todo["content"] for todo in page["data"]]
+        path = page["next"] and "/todo?" + page["next"].split("?", 1)[1]
+    assert len(contents) == len(set(contents)) == count
+    print(f"\n{worker} cut at {cut_progress:,} of {count:,} rows; the import done on the other "
+          f"host {done_after:.1f}s after the cut")
 
 
 # -- down -----------------------------------------------------------------------------------
