@@ -56,10 +56,11 @@ def can_build() -> str | None:
     """Why this machine cannot build a lab (not root, no `ip netns`), or None."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces)"
-    try:
-        subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"`ip netns` is unavailable: {exc}"
+    for probe in (["ip", "netns", "list"], ["unshare", "--net", "true"]):
+        try:
+            subprocess.run(probe, capture_output=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"`{' '.join(probe)}` failed: network namespaces are unavailable ({exc})"
     return None
 
 

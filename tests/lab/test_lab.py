@@ -8,6 +8,7 @@ otherwise. The lab is named `labtest` on 10.211.1.0/24, so it never meets a `scr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pytest
 from scripts.local_services import alive
 from scripts.netlab import commands, netns
 from scripts.netlab.topology import Lab
+from scripts.stack.config import StackError
 from tests.worker.test_import import MULTIPART, csv_file, form
 
 REASON = netns.can_build()
@@ -50,6 +53,9 @@ def lab(links_before: str) -> Iterator[Lab]:
     var = Path(tempfile.mkdtemp(prefix="todo-lab-"))
     var.chmod(0o755)
     lab = Lab(name=NAME, subnet=SUBNET, var=str(var))
+    # What a test run killed midway left behind (only these tests make `labtest-` namespaces).
+    netns.remove(Lab(name=NAME, subnet=SUBNET, var=str(var),
+                     created_netns=[name for name in lab.netns if netns.exists(name)]))
     commands.up(lab)
     yield lab
     if commands.is_up(lab):
@@ -80,9 +86,9 @@ class Client:
             self.connection.request(method, path, body=data, headers=sent)
             response = self.connection.getresponse()
             raw = response.read()
-        except OSError:
+        except (OSError, HTTPException) as exc:
             self.connection.close()  # the next request opens a new connection
-            raise
+            raise OSError(f"{method} {path}: {exc!r}") from exc
         reply_headers = {k.lower(): v for k, v in response.getheaders()}
         parsed = json.loads(raw) if raw and "json" in reply_headers.get("content-type", "") \
             else raw
@@ -156,6 +162,19 @@ def test_every_process_runs_in_its_host_and_binds_its_address(lab):
         pids = netns.pids(lab.host(name).netns)
         assert pids
         assert {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in pids} == {host_ns}
+
+
+def test_up_again_reports_the_lab_and_a_used_subnet_is_refused(lab, capsys):
+    commands.up(Lab(name=NAME, subnet=SUBNET, var=lab.var))
+    assert "the lab is already up" in capsys.readouterr().out
+    routes = [line.split()[0] for line in netns.ip("-4", "route").splitlines()
+              if line.split()[0] != "default"]
+    private = [route for route in routes if ipaddress.ip_network(route).is_private]
+    if not private:
+        pytest.skip("the root namespace has no route to a private subnet to try")
+    taken = Lab(name="labtaken", subnet=private[0], var=lab.var)
+    with pytest.raises(StackError, match="is in use on this machine"):
+        netns.check_subnet_unused(taken)
 
 
 # -- the API through the edge host ------------------------------------------------------------
