@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -84,7 +85,7 @@ class Load:
     def longest_write_pause(self) -> float:
         """The longest time between two acknowledged writes (how long writes stopped)."""
         times = self.acknowledged_at
-        return max((later - earlier for earlier, later in zip(times, times[1:])), default=0.0)
+        return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
 
     async def retry_failed_writes(self, attempts: int = 20) -> None:
         """Retry each failed write with its Idempotency-Key until it is acknowledged."""

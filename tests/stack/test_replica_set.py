@@ -5,21 +5,26 @@ killed member comes back and catches up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from scripts.backups.archive import RAW, Manifest
+from scripts.backups.cli import backup_main, restore_main
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
 from tests.conftest import Api, consecutive_free_ports, running_stack
 from tests.stack.stack_load import Load
-from tests.stack.test_stack import assert_exactly_once
+from tests.stack.test_stack import assert_exactly_once, wait_for_jobs
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +134,10 @@ async def test_a_step_down_fails_no_request(cfg, api):
     load = Load(api, token)
     running = asyncio.ensure_future(load.run(seconds=8))
     await asyncio.sleep(2)
-    with MongoClient(f"mongodb://{before['primary']}/?directConnection=true") as old_primary:
-        try:
-            old_primary.admin.command("replSetStepDown", 30)
-        except PyMongoError:
-            pass  # the step-down closes the connection that asked for it
+    # The step-down may close the connection that asked for it.
+    with (MongoClient(f"mongodb://{before['primary']}/?directConnection=true") as old_primary,
+          contextlib.suppress(PyMongoError)):
+        old_primary.admin.command("replSetStepDown", 30)
     await running
 
     assert load.failed_reads == []
@@ -144,3 +148,53 @@ async def test_a_step_down_fails_no_request(cfg, api):
     assert after["primary"] != before["primary"]
     print(f"\nstep-down: {load.reads} reads, {len(load.acknowledged)} writes, none failed; "
           f"longest pause {load.longest_write_pause():.2f}s")
+
+
+def documents_at(client: MongoClient[Any], db_name: str, name: str,
+                 cluster_time: list[int] | None) -> list[bytes]:
+    """A collection's documents as they were at `cluster_time` (now, when None), as bytes."""
+    db = client[db_name]
+    concern = ({"readConcern": {"level": "snapshot", "atClusterTime": Timestamp(*cluster_time)}}
+               if cluster_time else {})
+    found = db.cursor_command("find", name, codec_options=RAW, batchSize=1000, **concern)
+    return sorted(document.raw for document in found)
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_backup_under_writes_restores_exactly_its_moment(cfg, api, mongo_uri, tmp_path):
+    await wait_for(api, healthy=3)
+    token = await api.register("backed_up")
+    for number in range(30):
+        await api.post("/todo", token=token, json_body={"content": f"kept {number}"})
+    job = await api.post("/jobs", token=token, json_body={"type": "export", "format": "csv"})
+    assert job.status == 202
+    # Exported by a worker from a caught-up secondary: every todo written before it.
+    [exported] = (await wait_for_jobs(api, token, [job.json["id"]])).values()
+    assert exported["status"] == "done"
+    assert exported["result"]["rows"] == 30
+    load = Load(api, token, readers=1)
+    running = asyncio.ensure_future(load.run(seconds=6))
+    await asyncio.sleep(1)
+    target = tmp_path / "backups"
+    await asyncio.to_thread(backup_main, ["--var", cfg.var, "--out", str(target)])
+    await running
+    [directory] = list(target.iterdir())
+    manifest = Manifest.load(directory)
+    assert manifest.method == "snapshot"
+    assert manifest.cluster_time
+    assert {"users", "todos", "jobs"} <= {entry.name for entry in manifest.collections}
+
+    # Into a fresh deployment (another server, another database): every collection equals the
+    # source as it was at the backup's cluster time, though writes went on during the backup.
+    fresh = f"restored_{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(restore_main, [str(directory), "--mongo-uri", mongo_uri,
+                                           "--db-name", fresh])
+    with MongoClient(cfg.mongo_uri) as source, MongoClient(mongo_uri) as restored:
+        for entry in manifest.collections:
+            was = documents_at(source, cfg.db_name, entry.name, manifest.cluster_time)
+            assert documents_at(restored, fresh, entry.name, None) == was, entry.name
+        assert len(was := documents_at(source, cfg.db_name, "todos", manifest.cluster_time)) > 30
+        assert len(documents_at(source, cfg.db_name, "todos", None)) > len(was)
+        indexes = {index["name"] for index in restored[fresh]["todos"].list_indexes()}
+        assert "owner_idempotency_key" in indexes
+        restored.drop_database(fresh)
