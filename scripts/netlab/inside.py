@@ -15,17 +15,17 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 from redis import Redis
 from redis.exceptions import RedisError
 
 from scripts.netlab.netns import NETNS_DIR, http_get
-from scripts.netlab.topology import ELECTION_TIMEOUT_MS, HTTP_PORT, REPLICA_SET, Lab
+from scripts.netlab.topology import HTTP_PORT, REPLICA_SET, Lab
+from scripts.stack import replica_set
 from scripts.stack.commands import create_indexes_when_ready
 from scripts.stack.config import StackConfig, StackError
 
@@ -45,50 +45,15 @@ def _direct(member: str, timeout_ms: int = 2000) -> MongoClient[dict[str, Any]]:
                        socketTimeoutMS=timeout_ms * 2)
 
 
-def replica_set_config(lab: Lab) -> dict[str, Any]:
-    """Three voting members of equal priority: whichever is elected stays primary until it
-    fails (no extra election to hand it back when a preferred member returns)."""
-    return {
-        "_id": REPLICA_SET,
-        "members": [{"_id": i, "host": member, "priority": 1}
-                    for i, member in enumerate(lab.mongo_members())],
-        "settings": {"electionTimeoutMillis": ELECTION_TIMEOUT_MS},
-    }
-
-
-def primary(lab: Lab) -> str | None:
-    """The member that says it is a writable primary, if one does."""
-    for member in lab.mongo_members():
-        try:
-            with _direct(member, 1000) as client:
-                if client.admin.command("hello").get("isWritablePrimary"):
-                    return member
-        except PyMongoError:
-            continue
-    return None
-
-
 def initiate(lab: Lab, timeout: float) -> dict[str, Any]:
-    first = lab.mongo_members()[0]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _direct(first) as client:
-                client.admin.command("replSetInitiate", replica_set_config(lab))
-            break
-        except OperationFailure as exc:
-            if exc.code == 23:  # AlreadyInitialized
-                break
-            raise
-        except PyMongoError as exc:
-            if time.monotonic() > deadline:
-                raise StackError(f"mongod at {first} never answered: {exc}") from None
-            time.sleep(0.3)
-    while (found := primary(lab)) is None:
-        if time.monotonic() > deadline:
-            raise StackError(f"no primary elected within {timeout:.0f}s")
-        time.sleep(0.3)
-    return {"primary": found}
+    """The set's configuration (scripts/stack/replica_set.py), given once; its primary."""
+    members = lab.mongo_members()
+    try:
+        initiated = replica_set.initiate(members, REPLICA_SET, timeout)
+        found = replica_set.wait_for_primary(members, REPLICA_SET, timeout)
+    except replica_set.ReplicaSetError as exc:
+        raise StackError(str(exc)) from None
+    return {"primary": found, "initiated now": initiated}
 
 
 def members(lab: Lab, timeout_ms: int = 1000) -> dict[str, str]:

@@ -17,9 +17,8 @@ from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError, missing_e
 DEFAULT_NAME = "lab"
 # Checked unused before `up` (no address and no route of the root namespace overlaps it).
 DEFAULT_SUBNET = "10.211.0.0/24"
+# The set's settings are todo-stack's own (scripts/stack/replica_set.py); only its name differs.
 REPLICA_SET = "lab"
-# A new primary ~3 s after the old one is lost (issue 11: the default 10 s takes ~11 s).
-ELECTION_TIMEOUT_MS = 2000
 HTTP_PORT, HTTPS_PORT = 80, 443
 INSTANCE_PORT = 8001
 MONGO_PORT = 27017

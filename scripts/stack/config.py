@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.connection import parse_url as parse_redis_url
 
 from scripts.local_services import find_mongod, find_redis_server
+from scripts.stack.replica_set import DEFAULT_NAME as REPLICA_SET_NAME
+from scripts.stack.replica_set import replica_set_uri
 from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.queue import load_celery_config
 from server.infra.settings import PROJECT_ROOT, Settings
@@ -44,6 +46,8 @@ class StackConfig:
     https_port: int = 8443
     listen: str = "127.0.0.1"
     mongo_port: int = 27017
+    # 0: one standalone mongod. N: an N-member replica set on mongo_port, mongo_port + 1, ...
+    replica_set: int = 0
     redis_port: int = 6379
     broker_port: int = 6380
     external_mongo_uri: str = ""
@@ -102,8 +106,20 @@ class StackConfig:
         return not self.programs or program in self.programs
 
     @property
+    def mongo_ports(self) -> list[int]:
+        return [self.mongo_port + i for i in range(max(self.replica_set, 1))]
+
+    @property
+    def mongo_hosts(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.mongo_ports]
+
+    @property
     def mongo_uri(self) -> str:
-        return self.external_mongo_uri or f"mongodb://127.0.0.1:{self.mongo_port}"
+        if self.external_mongo_uri:
+            return self.external_mongo_uri
+        if self.replica_set:
+            return replica_set_uri(self.mongo_hosts)
+        return f"mongodb://127.0.0.1:{self.mongo_port}"
 
     @property
     def redis_url(self) -> str:
@@ -258,6 +274,26 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     })
 
 
+def mongod_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
+    """The standalone `mongod`, or one `mongod_<port>` per member of the replica set, each
+    with its own data directory (group `mongo`)."""
+    if not cfg.replica_set:
+        return [render("supervisor-mongod.conf.in", {
+            **common, "program": "mongod", "mongod": find_mongod(),
+            "mongo_data": cfg.path("mongo"), "mongo_port": cfg.mongo_port,
+            # One member of a set whose others run on other hosts (scripts/lab).
+            "replica_set_options": f" --replSet {cfg.mongo_replica_set}"
+                                   if cfg.mongo_replica_set else "",
+        })]
+    names = [f"mongod_{port}" for port in cfg.mongo_ports]
+    programs = [render("supervisor-mongod.conf.in", {
+        **common, "program": name, "mongod": find_mongod(),
+        "mongo_data": cfg.path("mongo", str(port)), "mongo_port": port,
+        "replica_set_options": f" --replSet {REPLICA_SET_NAME}",
+    }) for name, port in zip(names, cfg.mongo_ports, strict=True)]
+    return [*programs, f"[group:mongo]\nprograms = {','.join(names)}\n"]
+
+
 def supervisord_conf(cfg: StackConfig) -> str:
     common: dict[str, object] = {
         "project_root": PROJECT_ROOT, "log_dir": cfg.path("log"), "run_dir": cfg.path("run"),
@@ -268,11 +304,7 @@ def supervisord_conf(cfg: StackConfig) -> str:
     }
     programs = []
     if not cfg.external_mongo_uri:
-        programs.append(render("supervisor-mongod.conf.in", {
-            **common, "mongod": find_mongod(), "mongo_data": cfg.path("mongo"),
-            "mongo_port": cfg.mongo_port,
-            "mongod_options": f"--replSet {cfg.mongo_replica_set}" if cfg.mongo_replica_set else "",
-        }))
+        programs.extend(mongod_programs(cfg, common))
     if not cfg.external_redis_url:
         programs.append(render("supervisor-redis.conf.in", {
             **common, "program": "redis", "redis_server": find_redis_server(),
@@ -318,10 +350,11 @@ def supervisord_conf(cfg: StackConfig) -> str:
     })
 
 
-# What `StackConfig.programs` names: a role -> the supervisor programs (or group) it stands for.
+# What `StackConfig.programs` names: a role -> the supervisor programs and groups it stands
+# for (a program's name is one of these, or one of these and "_<port>").
 PROGRAM_ROLES = {
-    "mongod": "mongod", "redis": "redis", "broker": "broker", "instances": "todo",
-    "celery": "celery", "nginx": "nginx",
+    "mongod": ("mongod", "mongo"), "redis": ("redis",), "broker": ("broker",),
+    "instances": ("todo",), "celery": ("celery",), "nginx": ("nginx",),
 }
 
 
@@ -329,7 +362,7 @@ def program_role(section: str) -> str:
     """The role (a key of PROGRAM_ROLES) of a rendered [program:…] or [group:…] section."""
     match = re.search(r"^\[(?:program|group):([^\]]+)\]", section, re.MULTILINE)
     name = match.group(1) if match else ""
-    for role, prefix in PROGRAM_ROLES.items():
-        if name == prefix or name.startswith(f"{prefix}_"):
+    for role, prefixes in PROGRAM_ROLES.items():
+        if any(name == prefix or name.startswith(f"{prefix}_") for prefix in prefixes):
             return role
     return name
