@@ -11,14 +11,17 @@ rendered by todo-stack's config code; everything the lab writes lives under `var
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scripts.local_services import alive
 from scripts.netlab import netns
 from scripts.netlab.topology import DEFAULT_NAME, DEFAULT_SUBNET, START_ORDER, Lab
 from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
@@ -97,16 +100,29 @@ def start_host(lab: Lab, name: str, cfg: StackConfig) -> None:
 
 def stop_hosts(lab: Lab, names: list[str], timeout: float = STOP_TIMEOUT) -> None:
     """supervisorctl shutdown on every host at once (each program stops its own way: jobs
-    finish, requests drain), then wait until nothing runs in their namespaces any more."""
+    finish, requests drain), then wait until none of their processes is left; what is left
+    after `timeout` is killed by pid."""
     supervisors = [Supervisor(lab.stack_config(name)) for name in names]
-    with ThreadPoolExecutor(max_workers=max(1, len(supervisors))) as pool:
-        list(pool.map(lambda supervisor: supervisor.ctl("shutdown", check=False),
-                      [supervisor for supervisor in supervisors if supervisor.pid()]))
+    running = [supervisor for supervisor in supervisors if supervisor.pid() is not None]
+
+    def shut_down(supervisor: Supervisor) -> list[int]:
+        pids = supervisor.all_pids()
+        supervisor.ctl("shutdown", check=False)
+        return pids
+
+    with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+        known = [pid for pids in pool.map(shut_down, running) for pid in pids]
+
+    def left() -> list[int]:
+        in_hosts = [pid for name in names for pid in netns.pids(lab.host(name).netns)]
+        return [pid for pid in {*known, *in_hosts} if alive(pid)]
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
-            netns.pids(lab.host(name).netns) for name in names):
+    while left() and time.monotonic() < deadline:
         time.sleep(0.2)
-    # Whatever did not stop in time is killed by pid with its namespace (netns.remove).
+    for pid in left():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- inside the lab ------------------------------------------------------------------------
@@ -211,10 +227,9 @@ def _bring_up(lab: Lab, timeout: float) -> None:
 
 def down(lab: Lab) -> None:
     """Every process (supervisord's shutdown, then by pid), namespace and link of the lab."""
-    hosts = [name for name in START_ORDER if netns.exists(lab.host(name).netns)]
-    front = [name for name in hosts if name in ("edge", "app1", "app2")]
-    stop_hosts(lab, front[::-1])
-    stop_hosts(lab, [name for name in hosts if name not in front])
+    front = ["edge", "app1", "app2"]
+    stop_hosts(lab, front)
+    stop_hosts(lab, [name for name in START_ORDER if name not in front])
     netns.remove(lab)
     lab.save()
     print("the lab is down")

@@ -129,7 +129,8 @@ class Lab:
 
     @property
     def edge_url(self) -> str:
-        return f"http://{self.host('edge').address}:{HTTP_PORT}"
+        port = "" if HTTP_PORT == 80 else f":{HTTP_PORT}"
+        return f"http://{self.host('edge').address}{port}"
 
     # -- each host's stack -----------------------------------------------------------------
     def stack_config(self, name: str) -> StackConfig:
