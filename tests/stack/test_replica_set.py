@@ -154,9 +154,13 @@ def documents_at(client: MongoClient[Any], db_name: str, name: str,
                  cluster_time: list[int] | None) -> list[bytes]:
     """A collection's documents as they were at `cluster_time` (now, when None), as bytes."""
     db = client[db_name]
-    concern = ({"readConcern": {"level": "snapshot", "atClusterTime": Timestamp(*cluster_time)}}
-               if cluster_time else {})
-    found = db.cursor_command("find", name, codec_options=RAW, batchSize=1000, **concern)
+    if cluster_time is None:
+        found = db[name].with_options(codec_options=RAW).find()
+    else:
+        found = db.cursor_command(
+            "find", name, codec_options=RAW, batchSize=1000,
+            readConcern={"level": "snapshot", "atClusterTime": Timestamp(*cluster_time)},
+        )
     return sorted(document.raw for document in found)
 
 
