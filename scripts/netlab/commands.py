@@ -253,7 +253,7 @@ def status(lab: Lab) -> None:
     print("\nhealth (from the client host):")
     try:
         for part, answer in run_inside(lab, "health", 10.0).items():
-            print(f"  {part}: {answer}")
+            print(f"  {part}: {answer if len(answer) <= 110 else answer[:107] + '...'}")
     except StackError as exc:
         print(f"  {exc}")
     problems = netns.containment_problems(lab) + stray_listeners(lab)
