@@ -22,6 +22,9 @@ from server.domain import jobs
 from server.infra import notifications
 from server.infra.settings import Settings
 
+# As the instances' (server/web/services.py): a lost primary is noticed within a second.
+HEARTBEAT_MS = 1000
+
 
 class WorkerClients:
     """The synchronous MongoDB and Redis clients of one worker process."""
@@ -46,6 +49,7 @@ class WorkerClients:
             serverSelectionTimeoutMS=self.settings.mongo_timeout_ms,
             connectTimeoutMS=self.settings.mongo_timeout_ms,
             socketTimeoutMS=self.settings.mongo_op_timeout_ms,
+            heartbeatFrequencyMS=HEARTBEAT_MS,
             w="majority",
             journal=True,
             tz_aware=True,
