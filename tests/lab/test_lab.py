@@ -217,15 +217,35 @@ def test_the_api_through_the_edge_host(lab, client):
     assert "from the client host" in text
 
 
+class ClientThreads:
+    """Threads of the client host running `work` until the block they serve ends."""
+
+    join_seconds = 60.0
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> ClientThreads:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=self.join_seconds)
+
+
 # -- an app host cut off ----------------------------------------------------------------------
-class Readers:
+class Readers(ClientThreads):
     """Threads reading through the edge host until stopped; every answer is remembered."""
 
     def __init__(self, lab: Lab, token: str, paths: list[str], count: int = 4) -> None:
         self.lab, self.token, self.paths = lab, token, paths
         self.answers: list[tuple[float, int, float, str]] = []  # (when, status, secs, upstream)
         self.failures: list[str] = []
-        self.stop = threading.Event()
+        super().__init__()
         self.threads = [threading.Thread(target=self._read, args=(n,)) for n in range(count)]
 
     def _read(self, number: int) -> None:
@@ -246,16 +266,6 @@ class Readers:
                 self.failures.append(f"GET {path}: {status}")
             time.sleep(0.01)
         client.close()
-
-    def __enter__(self) -> Readers:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def set_link(lab: Lab, host: str, state: str) -> None:
@@ -305,16 +315,18 @@ def test_cutting_an_app_host_loses_no_read(lab, client):
 
 
 # -- the primary cut off ----------------------------------------------------------------------
-class Writers:
+class Writers(ClientThreads):
     """Threads creating todos through the edge host, each retried with its Idempotency-Key
     until it is acknowledged (201), as a careful client does."""
+
+    join_seconds = 90.0
 
     def __init__(self, lab: Lab, token: str, count: int = 3) -> None:
         self.lab, self.token = lab, token
         self.acknowledged: dict[str, str] = {}  # content -> id
         self.attempts: list[tuple[float, int | str]] = []  # (when it ended, status)
         self.given_up: list[str] = []
-        self.stop = threading.Event()
+        super().__init__()
         self.threads = [threading.Thread(target=self._write) for _ in range(count)]
 
     def _write(self) -> None:
@@ -337,16 +349,6 @@ class Writers:
                 self.given_up.append(content)
             time.sleep(0.02)
         client.close()
-
-    def __enter__(self) -> Writers:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=90)
 
 
 def members(lab: Lab) -> dict[str, str]:
