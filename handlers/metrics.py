@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from server.infra.replica_status import replica_set_status
 
 from .base import APIHandler
 
@@ -12,12 +16,16 @@ class MetricsHandler(APIHandler):
     sheddable = False
 
     async def get(self) -> None:
-        """Request counts and latencies, cache and dependency errors, in Prometheus text."""
+        """Request counts and latencies, cache and dependency errors, MongoDB's primary and
+        replication lag, in Prometheus text."""
         # The nginx edge's counters, shared by all instances: one HGETALL, none without Redis.
         key = self.services.redis.key("edge-metrics")
-        edge = await self.services.redis.run(lambda r: r.hgetall(key), default=None)
+        edge, replicas = await asyncio.gather(
+            self.services.redis.run(lambda r: r.hgetall(key), default=None),
+            replica_set_status(self.services.mongo),
+        )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.write(self.metrics.exposition(edge))
+        self.write(self.metrics.exposition(edge, replicas))
 
 
 default_handlers = [

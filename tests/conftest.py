@@ -41,6 +41,7 @@ from scripts.local_services import (
     port_in_use,
     redis_server,
 )
+from scripts.netlab.topology import Lab
 from scripts.stack import commands
 from scripts.stack.config import StackConfig
 from server.domain.indexes import ensure_indexes
@@ -123,11 +124,15 @@ def settings(route: str, request: pytest.FixtureRequest) -> Settings:
     return make_settings(request.getfixturevalue("mongo_uri"), request.getfixturevalue("redis_url"))
 
 
-# -- the three routes of the contract tests -------------------------------------------------
+# -- the routes of the contract tests -------------------------------------------------------
 # One instance in the test's loop; the session stack's nginx, whose edge answers cached first
-# pages itself; and a second stack with the edge off, where nginx only proxies.
-INSTANCE, NGINX, NGINX_EDGE_OFF = "instance", "nginx", "nginx-edge-off"
-STACK_ROUTES = {NGINX: "nginx_stack", NGINX_EDGE_OFF: "nginx_stack_edge_off"}
+# pages itself; and a second stack with the edge off, where nginx only proxies. Run inside a
+# lab's client host with TODO_TEST_LAB_VAR naming the lab's directory (tests/lab does), the
+# only route is the lab's edge host, in front of app hosts and a replica set on hosts of
+# their own.
+INSTANCE, NGINX, NGINX_EDGE_OFF, LAB = "instance", "nginx", "nginx-edge-off", "lab"
+STACK_ROUTES = {NGINX: "nginx_stack", NGINX_EDGE_OFF: "nginx_stack_edge_off", LAB: "lab_stack"}
+LAB_VAR = os.environ.get("TODO_TEST_LAB_VAR", "")
 
 
 def stack_of(route: str, request: pytest.FixtureRequest) -> StackConfig:
@@ -140,7 +145,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     definition = metafunc.definition
     if ("api" in metafunc.fixturenames and definition.get_closest_marker("contract")
             and not definition.get_closest_marker("instance_only")):
-        metafunc.parametrize("route", [INSTANCE, NGINX, NGINX_EDGE_OFF], indirect=True)
+        routes = [LAB] if LAB_VAR else [INSTANCE, NGINX, NGINX_EDGE_OFF]
+        metafunc.parametrize("route", routes, indirect=True)
 
 
 @pytest.fixture
@@ -198,6 +204,19 @@ def session_stack(
 def nginx_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     """The session's stack with the edge on (nginx answers cached first pages itself)."""
     yield from session_stack(tmp_path_factory, "nginx-stack", edge=True)
+
+
+@pytest.fixture(scope="session")
+def lab_stack() -> StackConfig:
+    """The lab's app host as a stack: its settings are the instances' own, and its base_url
+    the lab's edge host (nginx), as a client sees it."""
+    lab = Lab.load(Path(LAB_VAR))
+    if lab is None:
+        pytest.exit(f"TODO_TEST_LAB_VAR={LAB_VAR}: no lab is set up there")
+    app = lab.stack_config("app1")
+    address, _, port = lab.edge_url.removeprefix("http://").partition(":")
+    app.listen, app.http_port = address, int(port or 80)
+    return app
 
 
 @pytest.fixture(scope="session")

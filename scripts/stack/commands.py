@@ -5,6 +5,7 @@ request.
     todo-stack up [--instances N] [--http-port 8000] [--https-port 8443] [--base-port 8001]
     todo-stack status | down | restart
     todo-stack up --edge off        every request to the instances (nginx without Lua)
+    todo-stack up --replica-set 3   MongoDB as a 3-member replica set (one member may fail)
     todo-stack up --queue-sentinels 3   the job queue's Redis with a replica and 3 Sentinels
     todo-stack edge on|off          switch the edge of the running stack (nginx reloads)
     todo-stack ctl -- status | restart todo:* | tail -f todo:todo_8001
@@ -30,6 +31,7 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, port_in_use
+from scripts.stack import replica_set
 from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
 from scripts.stack.config import (
     DEFAULT_VAR,
@@ -80,7 +82,7 @@ def check_ports_free(cfg: StackConfig) -> None:
     wanted = [(cfg.http_port, "nginx HTTP"), (cfg.https_port, "nginx HTTPS")]
     wanted += [(port, f"todo instance todo_{port}") for port in cfg.ports]
     if not cfg.external_mongo_uri:
-        wanted.append((cfg.mongo_port, "mongod"))
+        wanted += [(port, "mongod") for port in cfg.mongo_ports]
     if not cfg.external_redis_url:
         wanted.append((cfg.redis_port, "redis-server"))
         if not cfg.external_broker_url:
@@ -108,6 +110,8 @@ def prepare(cfg: StackConfig) -> Supervisor:
     subs = ("run", "log", "mongo", "redis", "broker", "tls", "nginx.d/http", "nginx.d/server")
     for sub in subs:
         cfg.path(sub).mkdir(parents=True, exist_ok=True)
+    for port in cfg.mongo_ports if cfg.replica_set else ():
+        cfg.path("mongo", str(port)).mkdir(exist_ok=True)
     if cfg.queue_sentinels:
         cfg.path("broker_replica").mkdir(exist_ok=True)
         write_sentinel_configs(cfg)
@@ -141,6 +145,11 @@ def up(cfg: StackConfig, timeout: float = 90.0) -> None:
     check_ports_free(cfg)
     supervisor = prepare(cfg)
     supervisor.start()
+    if cfg.replica_set and not cfg.external_mongo_uri:
+        try:
+            replica_set.initiate(cfg.mongo_hosts, timeout=timeout)
+        except replica_set.ReplicaSetError as exc:
+            raise StackError(str(exc)) from None
     create_indexes_when_ready(cfg, timeout)
     wait_for_http(f"{cfg.base_url}/readyz", timeout)
     print_summary(supervisor)
@@ -243,7 +252,12 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--https-port", type=int, default=defaults.https_port)
     start.add_argument("--listen", default=defaults.listen,
                        help="address nginx listens on (loopback by default)")
-    start.add_argument("--mongo-port", type=int, default=defaults.mongo_port)
+    start.add_argument("--mongo-port", type=int, default=defaults.mongo_port,
+                       help="the local mongod's port; a replica set's members take the next "
+                            "ones too")
+    start.add_argument("--replica-set", type=int, default=defaults.replica_set, metavar="N",
+                       help="run MongoDB as an N-member replica set (3 survives the loss of "
+                            "any one member); 0, the default: one standalone mongod")
     start.add_argument("--redis-port", type=int, default=defaults.redis_port)
     start.add_argument("--broker-port", type=int, default=defaults.broker_port,
                        help="port of the job queue's own Redis")
@@ -280,11 +294,14 @@ def _parser() -> argparse.ArgumentParser:
 def _config_from(args: argparse.Namespace) -> StackConfig:
     if args.instances < 1 or args.rate_limit < 1:
         raise StackError("--instances and --rate-limit must be at least 1")
+    if args.replica_set < 0 or args.replica_set > 7:
+        raise StackError("--replica-set must be 0 (a standalone mongod) to 7 members")
     check_queue_sentinels(args.queue_sentinels)
     return StackConfig(
         var=str(args.var.resolve()), instances=args.instances, base_port=args.base_port,
         http_port=args.http_port, https_port=args.https_port, listen=args.listen,
-        mongo_port=args.mongo_port, redis_port=args.redis_port, broker_port=args.broker_port,
+        mongo_port=args.mongo_port, replica_set=args.replica_set, redis_port=args.redis_port,
+        broker_port=args.broker_port,
         external_mongo_uri=os.environ.get("TODO_MONGO_URI", ""),
         external_redis_url=os.environ.get("TODO_REDIS_URL", ""),
         external_broker_url=os.environ.get("TODO_BROKER_URL", ""),

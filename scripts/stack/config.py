@@ -18,6 +18,8 @@ from redis.connection import parse_url as parse_redis_url
 
 from scripts.local_services import find_mongod, find_redis_server
 from scripts.stack import sentinel
+from scripts.stack.replica_set import DEFAULT_NAME as REPLICA_SET_NAME
+from scripts.stack.replica_set import replica_set_uri
 from server.domain.import_form import body_limit as upload_body_limit
 from server.infra.addresses import is_sentinel_url, sentinel_addresses
 from server.infra.queue import load_celery_config
@@ -46,6 +48,8 @@ class StackConfig:
     https_port: int = 8443
     listen: str = "127.0.0.1"
     mongo_port: int = 27017
+    # 0: one standalone mongod. N: an N-member replica set on mongo_port, mongo_port + 1, ...
+    replica_set: int = 0
     redis_port: int = 6379
     broker_port: int = 6380
     # 0: the queue is one Redis. N (3): a master on broker_port, its replica on broker_port + 1
@@ -69,6 +73,18 @@ class StackConfig:
     # Where `up` publishes the web app for nginx (empty: var/webapp). nginx's workers, which
     # are unprivileged when root starts the stack, must be able to reach it.
     webapp_dir: str = ""
+    # One host of several (scripts/lab): the address this host's instances, mongod and Redis
+    # bind (and the instances' edge-lease names), the instances nginx sends to when they run
+    # on other hosts ("address:port"; empty: this host's own on loopback), which programs this
+    # host's supervisord runs (empty: all of them; names in PROGRAM_ROLES), the replica set
+    # its mongod is a member of (empty: a standalone mongod), and how long nginx waits for an
+    # instance's answer before a read goes to the next instance (a host cut off the network
+    # never answers on the connections nginx keeps open to it).
+    address: str = "127.0.0.1"
+    upstreams: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()
+    mongo_replica_set: str = ""
+    upstream_read_timeout: int = 30
 
     @property
     def root(self) -> Path:
@@ -84,11 +100,34 @@ class StackConfig:
 
     def instance_name(self, port: int) -> str:
         """The name an instance renews its edge lease under (its settings' default too)."""
-        return f"127.0.0.1:{port}"
+        return f"{self.address}:{port}"
+
+    @property
+    def upstream_addresses(self) -> list[tuple[str, int]]:
+        """nginx's upstream servers ("address:port") and the port that marks each down."""
+        if self.upstreams:
+            return [(name, int(name.rsplit(":", 1)[1])) for name in self.upstreams]
+        return [(f"127.0.0.1:{port}", port) for port in self.ports]
+
+    def runs(self, program: str) -> bool:
+        """Whether this host's supervisord runs `program` (a key of PROGRAM_ROLES)."""
+        return not self.programs or program in self.programs
+
+    @property
+    def mongo_ports(self) -> list[int]:
+        return [self.mongo_port + i for i in range(max(self.replica_set, 1))]
+
+    @property
+    def mongo_hosts(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.mongo_ports]
 
     @property
     def mongo_uri(self) -> str:
-        return self.external_mongo_uri or f"mongodb://127.0.0.1:{self.mongo_port}"
+        if self.external_mongo_uri:
+            return self.external_mongo_uri
+        if self.replica_set:
+            return replica_set_uri(self.mongo_hosts)
+        return f"mongodb://127.0.0.1:{self.mongo_port}"
 
     @property
     def redis_url(self) -> str:
@@ -111,7 +150,7 @@ class StackConfig:
         if self.external_broker_url:
             return self.external_broker_url
         if self.queue_sentinels:
-            return sentinel.sentinel_url(self.sentinel_ports, 0)
+            return sentinel.sentinel_url(self.sentinel_ports, 0, self.address)
         if self.external_redis_url:
             return redis_db_url(self.external_redis_url, 1)
         return f"redis://127.0.0.1:{self.broker_port}/0"
@@ -143,6 +182,9 @@ class StackConfig:
         except FileNotFoundError:
             raise StackError(f"no stack set up in {var}; run `todo-stack up` first") from None
         values["rate_limit_exempt"] = tuple(values["rate_limit_exempt"])
+        for name in ("upstreams", "programs"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -217,7 +259,7 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
         "redis_host": _lua(host), "redis_port": int(redis.get("port", 6379)),
         "redis_db": int(redis.get("db", 0)), "redis_password": _lua(redis.get("password") or ""),
         "redis_prefix": _lua(REDIS_PREFIX),
-        "instances": ", ".join(_lua(cfg.instance_name(port)) for port in cfg.ports),
+        "instances": ", ".join(_lua(name) for name, _ in cfg.upstream_addresses),
     })
     access = f"            access_by_lua_file {EDGE_DIR}/access.lua;\n"
     return {
@@ -230,13 +272,14 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
 def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     """nginx.conf for the instances; those in `down` get no new requests (rolling restart)."""
     servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=1s"
+        f"        server {address} max_fails=1 fail_timeout=1s"
         + (" down;" if port in down else ";")
-        for port in cfg.ports
+        for address, port in cfg.upstream_addresses
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
     shared: dict[str, object] = {"rate_limit_burst": cfg.rate_limit_burst,
-                                 "upstream_tries": max(2, min(cfg.instances, 3))}
+                                 "upstream_tries": max(2, min(len(cfg.upstream_addresses), 3)),
+                                 "upstream_read_timeout": cfg.upstream_read_timeout}
     # Without the snippet's own two comment lines.
     proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
     return render("nginx.conf.in", {
@@ -254,17 +297,37 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     })
 
 
+def mongod_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
+    """The standalone `mongod`, or one `mongod_<port>` per member of the replica set, each
+    with its own data directory (group `mongo`)."""
+    if not cfg.replica_set:
+        return [render("supervisor-mongod.conf.in", {
+            **common, "program": "mongod", "mongod": find_mongod(),
+            "mongo_data": cfg.path("mongo"), "mongo_port": cfg.mongo_port,
+            # One member of a set whose others run on other hosts (scripts/lab).
+            "replica_set_options": f" --replSet {cfg.mongo_replica_set}"
+                                   if cfg.mongo_replica_set else "",
+        })]
+    names = [f"mongod_{port}" for port in cfg.mongo_ports]
+    programs = [render("supervisor-mongod.conf.in", {
+        **common, "program": name, "mongod": find_mongod(),
+        "mongo_data": cfg.path("mongo", str(port)), "mongo_port": port,
+        "replica_set_options": f" --replSet {REPLICA_SET_NAME}",
+    }) for name, port in zip(names, cfg.mongo_ports, strict=True)]
+    return [*programs, f"[group:mongo]\nprograms = {','.join(names)}\n"]
+
+
 def supervisord_conf(cfg: StackConfig) -> str:
     common: dict[str, object] = {
         "project_root": PROJECT_ROOT, "log_dir": cfg.path("log"), "run_dir": cfg.path("run"),
-        "python": sys.executable,
+        "python": sys.executable, "address": cfg.address,
+        # Redis refuses every client but loopback's without a password (protected mode); a host
+        # of the lab binds its own address on a network that exists only inside the lab.
+        "protected_mode": "yes" if cfg.address == "127.0.0.1" else "no",
     }
     programs = []
     if not cfg.external_mongo_uri:
-        programs.append(render("supervisor-mongod.conf.in", {
-            **common, "mongod": find_mongod(), "mongo_data": cfg.path("mongo"),
-            "mongo_port": cfg.mongo_port,
-        }))
+        programs.extend(mongod_programs(cfg, common))
     if not cfg.external_redis_url:
         programs.append(render("supervisor-redis.conf.in", {
             **common, "program": "redis", "redis_server": find_redis_server(),
@@ -307,9 +370,30 @@ def supervisord_conf(cfg: StackConfig) -> str:
     programs.append(render("supervisor-nginx.conf.in", {
         **common, "nginx": find_nginx(), "nginx_conf": cfg.path("run", "nginx.conf"),
     }))
+    programs = [section for section in programs if cfg.runs(program_role(section))]
     return render("supervisord.conf.in", {
         **common, "programs": "\n".join(programs), "open_files": open_files_limit(),
     })
+
+
+# What `StackConfig.programs` names: a role -> the supervisor programs and groups it stands
+# for (a program's name is one of these, or one of these and "_<port>").
+PROGRAM_ROLES = {
+    "mongod": ("mongod", "mongo"), "redis": ("redis",), "broker": ("broker",),
+    "instances": ("todo",), "celery": ("celery",), "nginx": ("nginx",),
+    # With --queue-sentinels: `broker` is then also `broker_replica`.
+    "sentinels": ("sentinel", "sentinels"),
+}
+
+
+def program_role(section: str) -> str:
+    """The role (a key of PROGRAM_ROLES) of a rendered [program:…] or [group:…] section."""
+    match = re.search(r"^\[(?:program|group):([^\]]+)\]", section, re.MULTILINE)
+    name = match.group(1) if match else ""
+    for role, prefixes in PROGRAM_ROLES.items():
+        if any(name == prefix or name.startswith(f"{prefix}_") for prefix in prefixes):
+            return role
+    return name
 
 
 QUEUE_ROLE = ("The job queue: a queued job is on disk before POST /jobs answers 202 (fsync on "
@@ -319,13 +403,13 @@ QUEUE_ROLE = ("The job queue: a queued job is on disk before POST /jobs answers 
 def queue_sentinel_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
     """The queue behind Sentinels: `broker` (the first master) and `broker_replica`, each
     started in the role the Sentinels give it, and the Sentinels (group `sentinels`)."""
-    sentinels = ",".join(f"127.0.0.1:{port}" for port in cfg.sentinel_ports)
-    first_master = f" --replica-of 127.0.0.1:{cfg.broker_port}"
+    sentinels = ",".join(f"{cfg.address}:{port}" for port in cfg.sentinel_ports)
+    first_master = f" --replica-of {cfg.address}:{cfg.broker_port}"
     nodes = [("broker", cfg.broker_port, ""),
              ("broker_replica", cfg.broker_replica_port, first_master)]
     programs = [render("supervisor-redis.conf.in", {
         **common, "program": program, "redis_data": cfg.path(program), "redis_port": port,
-        "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me 127.0.0.1:{port} "
+        "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me {cfg.address}:{port} "
                         f"--sentinels {sentinels}{replica_of} "
                         f"--master-name {cfg.broker_master_name} -- {find_redis_server()}",
         "role": f"{QUEUE_ROLE} Its role (master or replica) is the one the Sentinels give it.",
@@ -352,5 +436,5 @@ def write_sentinel_configs(cfg: StackConfig) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "sentinel.conf").write_text(sentinel.sentinel_conf(
             port=port, directory=directory, master_port=cfg.broker_port,
-            sentinels=cfg.queue_sentinels, master_name=cfg.broker_master_name,
+            sentinels=cfg.queue_sentinels, host=cfg.address, master_name=cfg.broker_master_name,
         ))

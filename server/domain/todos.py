@@ -3,6 +3,11 @@
 Idempotent create: a todo made with an `Idempotency-Key` stores the key and a hash of the
 request. A unique partial index on (owner, idempotency_key) lets exactly one of any number of
 racing requests insert, on whichever instances they run; the others read the todo it made.
+
+Reads on a replica set: the cached first page is loaded from the primary only, since a page
+from a lagging secondary, once cached, would hide a user's own write until the next one. Other
+reads prefer the primary and fall back to a secondary while there is none (an election takes a
+few seconds): the list keeps answering, at worst a moment behind (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import DESCENDING, ReadPreference, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError
 
 from server.domain.errors import Conflict, NotFound, UnprocessableContent
 from server.domain.index_keeper import IndexKeeper
@@ -116,6 +122,9 @@ class TodoStore:
         indexes: IndexKeeper,
     ) -> None:
         self.collection = db["todos"]
+        self.answerable = self.collection.with_options(
+            read_preference=ReadPreference.PRIMARY_PREFERRED
+        )
         self.cache = cache
         self.events = events
         self.indexes = indexes
@@ -179,7 +188,7 @@ class TodoStore:
         return count
 
     async def get(self, *, owner: ObjectId, todo_id: ObjectId) -> dict[str, Any]:
-        doc = await self.collection.find_one({"_id": todo_id, "owner": owner}, PUBLIC_FIELDS)
+        doc = await self.answerable.find_one({"_id": todo_id, "owner": owner}, PUBLIC_FIELDS)
         if doc is None:
             raise NotFound("todo not found")
         return public_todo(doc)
@@ -236,19 +245,23 @@ class TodoStore:
         `read`: the values of first_page_keys(owner), when already read from Redis.
         """
         if query.is_default:
-            raw = await self.cache.get_or_load(
-                str(owner), lambda: self._load_page(owner, query), read
-            )
+            try:
+                raw = await self.cache.get_or_load(
+                    str(owner), lambda: self._load_page(owner, query, self.collection), read
+                )
+            except AutoReconnect:  # no primary (an election): answered, but never cached
+                raw = await self._load_page(owner, query, self.answerable)
             return Page.from_bytes(raw)
-        return Page.from_bytes(await self._load_page(owner, query))
+        return Page.from_bytes(await self._load_page(owner, query, self.answerable))
 
-    async def _load_page(self, owner: ObjectId, query: ListQuery) -> bytes:
+    async def _load_page(self, owner: ObjectId, query: ListQuery,
+                         collection: AsyncCollection[dict[str, Any]]) -> bytes:
         conditions: dict[str, Any] = {"owner": owner}
         if query.finished is not None:
             conditions["is_finished"] = query.finished
         if query.cursor is not None:
             conditions.update(query.cursor.filter())
-        found = self.collection.find(conditions, PUBLIC_FIELDS).sort(LIST_ORDER)
+        found = collection.find(conditions, PUBLIC_FIELDS).sort(LIST_ORDER)
         docs = await found.skip(query.start).limit(query.limit + 1).to_list()
         next_cursor = None
         if len(docs) > query.limit:

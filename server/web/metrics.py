@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from tornado.web import RequestHandler
 
+from server.infra.replica_status import ReplicaSetStatus
 from server.web.services import Services
 
 UNMATCHED = "unmatched"
@@ -112,6 +113,31 @@ class EdgeCollector(Collector):
             value=get("redis_errors", 0))
 
 
+class ReplicaSetCollector(Collector):
+    """The MongoDB replica set as one replSetGetStatus saw it at scrape time."""
+
+    def __init__(self, status: ReplicaSetStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        primary = GaugeMetricFamily(
+            "todo_mongodb_member_primary", "1 for the replica set's primary, 0 for the others.",
+            labels=["member"])
+        healthy = GaugeMetricFamily(
+            "todo_mongodb_member_healthy", "1 while the member answers the set's heartbeats.",
+            labels=["member"])
+        lag = GaugeMetricFamily(
+            "todo_mongodb_replication_lag_seconds",
+            "How far the member's applied writes are behind the primary's last one (absent "
+            "without a primary, or for a member that is down).", labels=["member"])
+        for member in self.status.members:
+            primary.add_metric([member.name], float(member.name == self.status.primary))
+            healthy.add_metric([member.name], float(member.healthy))
+            if member.lag_seconds is not None:
+                lag.add_metric([member.name], member.lag_seconds)
+        yield from (primary, healthy, lag)
+
+
 class Metrics:
     def __init__(
         self, services: Services, routes: Sequence[tuple[str, type[RequestHandler]]]
@@ -153,12 +179,20 @@ class Metrics:
     def mongo_error(self, *, unavailable: bool) -> None:
         self.mongo_errors.labels("unavailable" if unavailable else "other").inc()
 
-    def exposition(self, edge: Mapping[bytes | str, bytes | str] | None = None) -> bytes:
+    def exposition(self, edge: Mapping[bytes | str, bytes | str] | None = None,
+                   replicas: ReplicaSetStatus | None = None) -> bytes:
         """Every metric in the Prometheus text format; the edge's when `edge` (its hash) is
-        given (absent when Redis did not answer, or when no edge ever pushed any)."""
+        given (absent when Redis did not answer, or when no edge ever pushed any), and the
+        replica set's when MongoDB is one."""
         text = generate_latest(self.registry)
+        scraped: list[Collector] = []
         if edge:
+            scraped.append(EdgeCollector(edge))
+        if replicas:
+            scraped.append(ReplicaSetCollector(replicas))
+        if scraped:
             registry = CollectorRegistry()
-            registry.register(EdgeCollector(edge))
+            for collector in scraped:
+                registry.register(collector)
             text += generate_latest(registry)
         return text

@@ -8,15 +8,22 @@ connections inherited across the fork.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, ReadPreference
+from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
 from pymongo.database import Database
 from redis import Redis
 
 from server.domain import jobs
 from server.infra import notifications
 from server.infra.settings import Settings
+
+# As the instances' (server/web/services.py): a lost primary is noticed within a second.
+HEARTBEAT_MS = 1000
 
 
 class WorkerClients:
@@ -42,6 +49,7 @@ class WorkerClients:
             serverSelectionTimeoutMS=self.settings.mongo_timeout_ms,
             connectTimeoutMS=self.settings.mongo_timeout_ms,
             socketTimeoutMS=self.settings.mongo_op_timeout_ms,
+            heartbeatFrequencyMS=HEARTBEAT_MS,
             w="majority",
             journal=True,
             tz_aware=True,
@@ -71,6 +79,24 @@ class WorkerClients:
         self._open()
         assert self._redis is not None
         return self._redis
+
+    @contextmanager
+    def todos_as_of_now(
+        self,
+    ) -> Iterator[tuple[Collection[dict[str, Any]], ClientSession]]:
+        """The todos collection read from a secondary when there is one, in a session that
+        sees every write acknowledged before this call: a long read (an export) takes no
+        work from the primary, and misses nothing the user wrote before asking for it.
+
+        A causally consistent session whose operation time is first set by a read on the
+        primary; MongoDB then makes a secondary's reads in the session wait until that member
+        has applied everything up to that time. On a standalone server, reads go there."""
+        with self.db.client.start_session(causal_consistency=True) as session:
+            self.db["jobs"].find_one({}, {"_id": True}, session=session)  # on the primary
+            todos = self.db["todos"].with_options(
+                read_preference=ReadPreference.SECONDARY_PREFERRED
+            )
+            yield todos, session
 
     def job_changed(self, doc: dict[str, Any]) -> None:
         """Tell the job's owner its new state (the `notify` of server/worker/records.py's

@@ -16,6 +16,8 @@ from typing import Any
 
 from bson import ObjectId
 from gridfs import GridFSBucket, NoFile
+from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from server.domain.job_files import BUCKET, filename
@@ -79,17 +81,21 @@ def discard(db: Database[dict[str, Any]], file_id: ObjectId) -> None:
 def write_export(
     db: Database[dict[str, Any]],
     *,
+    todos: Collection[dict[str, Any]],
+    session: ClientSession | None = None,
     owner: ObjectId,
     job_id: ObjectId,
     fmt: str,
     file_id: ObjectId,
     progress: Callable[[int], None],
 ) -> int:
-    """Stream the owner's todos, newest first, into the GridFS file `file_id`; the rows written.
+    """Stream the owner's todos, newest first, read from `todos` (in `session`), into the
+    GridFS file `file_id` of `db`; the rows written.
 
     `progress(done)` is called every PROGRESS_EVERY rows."""
     bucket = GridFSBucket(db, bucket_name=BUCKET)
-    found = db["todos"].find({"owner": owner}, PUBLIC_FIELDS).sort(LIST_ORDER).batch_size(BATCH)
+    found = todos.find({"owner": owner}, PUBLIC_FIELDS, session=session)
+    found = found.sort(LIST_ORDER).batch_size(BATCH)
     encoder = _Encoder(fmt)
     rows = 0
     with bucket.open_upload_stream_with_id(

@@ -133,14 +133,17 @@ def export(clients: WorkerClients, job: dict[str, Any]) -> dict[str, Any]:
     records, job_id = clients.db["jobs"], job["_id"]
     owner, fmt = job["owner"], job["params"]["format"]
     file_id = new_result_file(clients, job)
-    total = clients.db["todos"].count_documents({"owner": owner})
     notify = clients.job_changed
-    set_progress(records, job_id, done=0, total=total, notify=notify)
-    rows = exporting.write_export(
-        clients.db, owner=owner, job_id=job_id, fmt=fmt, file_id=file_id,
-        progress=lambda done: set_progress(records, job_id, done=done, total=total,
-                                                notify=notify),
-    )
+    # A secondary's copy, as of now: every todo written before the job ran is in the file.
+    with clients.todos_as_of_now() as (todos, session):
+        total = todos.count_documents({"owner": owner}, session=session)
+        set_progress(records, job_id, done=0, total=total, notify=notify)
+        rows = exporting.write_export(
+            clients.db, todos=todos, session=session, owner=owner, job_id=job_id, fmt=fmt,
+            file_id=file_id,
+            progress=lambda done: set_progress(records, job_id, done=done, total=total,
+                                                    notify=notify),
+        )
     # Todos created or deleted while it ran: the file is the truth.
     set_progress(records, job_id, done=rows, total=rows, notify=notify)
     result = {"rows": rows, "format": fmt, "file_id": str(file_id)}

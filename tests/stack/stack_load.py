@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -19,6 +20,7 @@ class Load:
         self.reads = 0
         self.failed_reads: list[str] = []
         self.acknowledged: dict[str, str] = {}  # content -> id, for every 201 the client saw
+        self.acknowledged_at: list[float] = []  # time.monotonic() of each 201, in order
         self.failed_writes: dict[str, str] = {}  # content -> Idempotency-Key, reported failed
         self.failed_updates: list[str] = []
         self._stop = asyncio.Event()
@@ -59,6 +61,7 @@ class Load:
                 self.failed_writes[content] = key
                 continue
             self.acknowledged[content] = created
+            self.acknowledged_at.append(time.monotonic())
             if random.random() < 0.3:
                 await self._finish(created)
 
@@ -78,6 +81,11 @@ class Load:
             status = f"connection error {exc}"
         if status != 200:
             self.failed_updates.append(f"PUT finish {todo_id}: {status}")
+
+    def longest_write_pause(self) -> float:
+        """The longest time between two acknowledged writes (how long writes stopped)."""
+        times = self.acknowledged_at
+        return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
 
     async def retry_failed_writes(self, attempts: int = 20) -> None:
         """Retry each failed write with its Idempotency-Key until it is acknowledged."""

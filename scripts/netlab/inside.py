@@ -1,0 +1,124 @@
+"""What the lab command asks of MongoDB and Redis, run as a process inside a lab namespace
+(`ip netns exec <lab>-client python -m scripts.netlab.inside ...`): PyMongo opens sockets on
+threads of its own, so the whole process must be in the lab, never the caller's thread alone.
+Each task prints one JSON object. It refuses to run outside a lab namespace.
+
+    initiate LAB_JSON     initiate the replica set (once) and wait for a primary
+    indexes LAB_JSON      create the indexes once MongoDB has a primary
+    health LAB_JSON       every server and instance of the lab, and how it answers
+    members LAB_JSON      each replica-set member's state, quickly
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from redis import Redis
+from redis.exceptions import RedisError
+
+from scripts.netlab.netns import NETNS_DIR, http_get
+from scripts.netlab.topology import HTTP_PORT, REPLICA_SET, Lab
+from scripts.stack import replica_set
+from scripts.stack.commands import create_indexes_when_ready
+from scripts.stack.config import StackConfig, StackError
+
+
+def own_netns() -> str | None:
+    """The named namespace this process is in, if any."""
+    mine = os.stat("/proc/self/ns/net").st_ino
+    for path in NETNS_DIR.glob("*"):
+        if path.stat().st_ino == mine:
+            return path.name
+    return None
+
+
+def _direct(member: str, timeout_ms: int = 2000) -> MongoClient[dict[str, Any]]:
+    return MongoClient(f"mongodb://{member}/?directConnection=true",
+                       serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                       socketTimeoutMS=timeout_ms * 2)
+
+
+def initiate(lab: Lab, timeout: float) -> dict[str, Any]:
+    """The set's configuration (scripts/stack/replica_set.py), given once; its primary."""
+    members = lab.mongo_members()
+    try:
+        initiated = replica_set.initiate(members, REPLICA_SET, timeout)
+        found = replica_set.wait_for_primary(members, REPLICA_SET, timeout)
+    except replica_set.ReplicaSetError as exc:
+        raise StackError(str(exc)) from None
+    return {"primary": found, "initiated now": initiated}
+
+
+def members(lab: Lab, timeout_ms: int = 1000) -> dict[str, str]:
+    """Each replica-set member -> its state and set, as it says itself."""
+    report: dict[str, str] = {}
+    for member in lab.mongo_members():
+        try:
+            with _direct(member, timeout_ms) as client:
+                hello = client.admin.command("hello")
+            state = ("PRIMARY" if hello.get("isWritablePrimary") else
+                     "SECONDARY" if hello.get("secondary") else "other")
+            report[f"mongod {member}"] = f"{state} of {hello.get('setName', '-')}"
+        except PyMongoError as exc:
+            report[f"mongod {member}"] = f"DOWN: {type(exc).__name__}"
+    return report
+
+
+def health(lab: Lab) -> dict[str, str]:
+    """Each part of the lab -> how it answers, from this namespace."""
+    report = members(lab)
+    for role, url in (("cache redis", lab.cache_url()), ("queue redis", lab.queue_url())):
+        try:
+            redis = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            report[f"{role} {url}"] = "PONG" if redis.ping() else "no PONG"
+            redis.close()
+        except RedisError as exc:
+            report[f"{role} {url}"] = f"DOWN: {exc}"
+    netns = own_netns() or ""
+    edge = lab.host("edge").address
+    checks = [(f"instance {name}", *name.rsplit(":", 1)) for name in lab.instances()]
+    checks.append((f"nginx {edge}:{HTTP_PORT}", edge, str(HTTP_PORT)))
+    for label, address, port in checks:
+        try:
+            status, body = http_get(netns, address, int(port), "/readyz", timeout=2.0)
+            report[f"{label} /readyz"] = f"{status} {body.decode(errors='replace').strip()}"
+        except OSError as exc:
+            report[f"{label} /readyz"] = f"DOWN: {exc}"
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="scripts.netlab.inside", description=__doc__)
+    parser.add_argument("task", choices=["initiate", "indexes", "health", "members"])
+    parser.add_argument("lab_json", type=Path)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if own_netns() is None:
+        sys.exit("scripts.netlab.inside: runs only inside a lab namespace (ip netns exec)")
+    lab = Lab(**json.loads(args.lab_json.read_text()))
+    try:
+        if args.task == "initiate":
+            result: dict[str, Any] = initiate(lab, args.timeout)
+        elif args.task == "indexes":
+            create_indexes_when_ready(
+                StackConfig(external_mongo_uri=lab.mongo_uri(), db_name=lab.db_name),
+                args.timeout)
+            result = {"indexes": "created"}
+        elif args.task == "members":
+            result = dict(members(lab, timeout_ms=500))
+        else:
+            result = dict(health(lab))
+    except StackError as exc:
+        sys.exit(f"scripts.netlab.inside: {exc}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
