@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from scripts.local_services import free_port
-from scripts.stack.config import StackConfig, StackError, render
+from scripts.stack.config import StackConfig, StackError, proxy_locations
 from scripts.stack.supervisor import check_nginx_conf
 
 CEILING, FLOOR = "/bench/ceiling", "/bench/floor"
@@ -111,10 +111,7 @@ def upstream_conf(ports: list[int]) -> str:
 
 
 def locations_conf(cfg: StackConfig, body_file: Path) -> str:
-    proxy = render("nginx-proxy.conf.in", {
-        "rate_limit_burst": cfg.rate_limit_burst,
-        "upstream_tries": max(2, min(cfg.instances, 3)),
-    }).split("\n", 2)[2]
+    proxy = proxy_locations(cfg)
     if "proxy_pass http://todo_instances;" not in proxy:
         raise StackError("conf/nginx-proxy.conf.in no longer proxies to todo_instances")
     proxy = proxy.replace("proxy_pass http://todo_instances;", "proxy_pass http://bench_floor;")

@@ -269,6 +269,19 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
     }
 
 
+def proxy_values(cfg: StackConfig) -> dict[str, object]:
+    """What conf/nginx-proxy.conf.in (and the nginx.conf around it) is filled with."""
+    return {"rate_limit_burst": cfg.rate_limit_burst,
+            "upstream_tries": max(2, min(len(cfg.upstream_addresses), 3)),
+            "upstream_read_timeout": cfg.upstream_read_timeout}
+
+
+def proxy_locations(cfg: StackConfig) -> str:
+    """The proxy settings every instance location shares, without the snippet's own two
+    comment lines."""
+    return render("nginx-proxy.conf.in", proxy_values(cfg)).split("\n", 2)[2]
+
+
 def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
     """nginx.conf for the instances; those in `down` get no new requests (rolling restart)."""
     servers = "\n".join(
@@ -277,11 +290,8 @@ def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
         for address, port in cfg.upstream_addresses
     )
     exempt = "\n".join(f"        {address} 0;" for address in cfg.rate_limit_exempt)
-    shared: dict[str, object] = {"rate_limit_burst": cfg.rate_limit_burst,
-                                 "upstream_tries": max(2, min(len(cfg.upstream_addresses), 3)),
-                                 "upstream_read_timeout": cfg.upstream_read_timeout}
-    # Without the snippet's own two comment lines.
-    proxy = render("nginx-proxy.conf.in", shared).split("\n", 2)[2].rstrip("\n")
+    shared = proxy_values(cfg)
+    proxy = proxy_locations(cfg).rstrip("\n")
     return render("nginx.conf.in", {
         **shared,
         "run_dir": cfg.path("run"), "log_dir": cfg.path("log"), "tls_dir": cfg.path("tls"),

@@ -147,7 +147,7 @@ class PageCache:
                 # this keeps read-your-writes.
                 token = secrets.token_hex(8)
                 if await self._lock(lock_key, token):
-                    return await self._load_and_store(owner, load, version, token)
+                    return await self._reload_unless_stored(owner, load, version, token)
                 self.hits += 1
                 return page
             self.misses += 1
@@ -156,7 +156,7 @@ class PageCache:
             if locked is None:
                 return await self._load_once(owner, load)
             if locked:
-                return await self._load_and_store(owner, load, version, token)
+                return await self._reload_unless_stored(owner, load, version, token)
             waited = await self._wait_for_page(page_key, lock_key)
             if waited is not None:
                 self.hits += 1
@@ -179,6 +179,30 @@ class PageCache:
 
     async def _try_lock(self, lock_key: str, token: str, client: Redis) -> bool:
         return bool(await client.set(lock_key, token, nx=True, px=self._lock_ms))
+
+    async def _reload_unless_stored(self, owner: str, load: Callable[[], Awaitable[bytes]],
+                                    version: bytes, token: str) -> bytes:
+        stored = await self._stored_meanwhile(owner, token)
+        if stored is not None:
+            return stored
+        return await self._load_and_store(owner, load, version, token)
+
+    async def _stored_meanwhile(self, owner: str, token: str) -> bytes | None:
+        """Just after this request took the lock: the fresh page another request stored (and
+        unlocked) between this one's read and its lock, if any; the lock is then released.
+        Without this look, that narrow gap costs MongoDB a second load of the same page."""
+        page_key, _version_key, lock_key = self._keys(owner)
+        stored = await self.guard.run(lambda r: r.get(page_key), default=None)
+        if stored is None:
+            return None
+        fresh_until, page = _unwrap(_as_bytes(stored))
+        if time.time() * 1000 >= fresh_until:
+            return None
+        await self.guard.run(
+            lambda r: self._release_lock(keys=[lock_key], args=[token], client=r), default=None
+        )
+        self.hits += 1
+        return page
 
     async def _load_and_store(
         self,

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import bson
 import pytest
 from bson import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from scripts.backups.archive import RAW, Manifest
+from scripts.backups.archive import Manifest
 from scripts.backups.cli import backup_main, restore_main
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
@@ -152,16 +153,19 @@ async def test_a_step_down_fails_no_request(cfg, api):
 
 def documents_at(client: MongoClient[Any], db_name: str, name: str,
                  cluster_time: list[int] | None) -> list[bytes]:
-    """A collection's documents as they were at `cluster_time` (now, when None), as bytes."""
+    """A collection's documents as they were at `cluster_time` (now, when None), each read
+    the same way on both sides and encoded again, sorted: two lists are equal exactly when
+    the collections hold the same documents. (That a restore writes the very bytes it read is
+    tests/backups' to show.)"""
     db = client[db_name]
     if cluster_time is None:
-        found = db[name].with_options(codec_options=RAW).find()
+        found = db[name].find()
     else:
         found = db.cursor_command(
-            "find", name, codec_options=RAW, batchSize=1000,
+            "find", name, batchSize=1000,
             readConcern={"level": "snapshot", "atClusterTime": Timestamp(*cluster_time)},
         )
-    return sorted(document.raw for document in found)
+    return sorted(bson.encode(document) for document in found)
 
 
 @pytest.mark.gen_test(timeout=180)
