@@ -324,7 +324,9 @@ def mongod_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
         "mongo_data": cfg.path("mongo", str(port)), "mongo_port": port,
         "replica_set_options": f" --replSet {REPLICA_SET_NAME}",
     }) for name, port in zip(names, cfg.mongo_ports, strict=True)]
-    return [*programs, f"[group:mongo]\nprograms = {','.join(names)}\n"]
+    # A group's own priority (supervisord's default is 999) orders it among the programs:
+    # MongoDB starts first and stops last, after the worker has finished its jobs.
+    return [*programs, f"[group:mongo]\nprograms = {','.join(names)}\npriority = 10\n"]
 
 
 def supervisord_conf(cfg: StackConfig) -> str:

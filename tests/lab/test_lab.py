@@ -426,7 +426,7 @@ def test_a_primary_cut_off_loses_no_acknowledged_write(lab, client):
     path: str | None = "/todo?limit=100"
     while path:
         status, _, page = client.request("GET", path, token=token)
-        assert status == 200
+        assert status == 200, (page, instance_errors(lab))
         contents += [todo["content"] for todo in page["data"]]
         path = page["next"] and "/todo?" + page["next"].split("?", 1)[1]
     assert sorted(contents) == sorted(writers.acknowledged)
@@ -488,12 +488,22 @@ def test_a_worker_host_cut_mid_import_finishes_it_on_the_other_once(lab, client)
     path: str | None = "/todo?limit=100"
     while path:
         status, _, page = client.request("GET", path, token=token)
-        assert status == 200
+        assert status == 200, (page, instance_errors(lab))
         contents += [todo["content"] for todo in page["data"]]
         path = page["next"] and "/todo?" + page["next"].split("?", 1)[1]
     assert len(contents) == len(set(contents)) == count
     print(f"\n{worker} cut at {cut_progress:,} of {count:,} rows; the import done on the other "
           f"host {done_after:.1f}s after the cut")
+
+
+def instance_errors(lab: Lab) -> list[str]:
+    """The app hosts' logged errors, to say why a request failed."""
+    lines = []
+    for host in ("app1", "app2"):
+        for log in sorted(Path(lab.path(host, "log")).glob("todo_*.log")):
+            lines += [f"{host}: {line[:2000]}" for line in log.read_text().splitlines()
+                      if '"ERROR"' in line or "Traceback" in line]
+    return lines[-10:]
 
 
 # -- down -----------------------------------------------------------------------------------
