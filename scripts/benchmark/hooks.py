@@ -114,6 +114,7 @@ def locations_conf(cfg: StackConfig, body_file: Path) -> str:
     proxy = render("nginx-proxy.conf.in", {
         "rate_limit_burst": cfg.rate_limit_burst,
         "upstream_tries": max(2, min(cfg.instances, 3)),
+        "upstream_read_timeout": cfg.upstream_read_timeout,
     }).split("\n", 2)[2]
     if "proxy_pass http://todo_instances;" not in proxy:
         raise StackError("conf/nginx-proxy.conf.in no longer proxies to todo_instances")
