@@ -75,6 +75,9 @@ def parser(prog: str = "todo-bench", *, stack_options: bool = True,
     p.add_argument("--soak-edge", choices=("on", "off"), default="off",
                    help="the soak's first page with the edge on or off (default off: the "
                         "instances serve it)")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="only the table's rows whose name contains TEXT (repeatable), e.g. "
+                        "--only floor --only 'edge on'")
     p.add_argument("--output", type=Path, default=output)
     p.add_argument("--note", default="", help="a line for the results file (e.g. smoke run)")
     p.add_argument("--raw", action="store_true", help="also print wrk's own output")
@@ -100,7 +103,7 @@ def stack_for(args: argparse.Namespace) -> tuple[StackConfig, bool]:
 def parse(p: argparse.ArgumentParser, argv: list[str], command: str) -> argparse.Namespace:
     """The options, checked; `args.command` is the command line for the results file."""
     args = p.parse_args(argv)
-    args.command = shlex.join([command, *argv])
+    args.command = f"{command} {shlex.join(argv)}".strip()
     if args.runs < 1 or args.duration <= 0 or args.todos < 1:
         p.error("--runs, --duration and --todos must be positive")
     return args
@@ -157,7 +160,10 @@ def benchmark(target: Target, args: argparse.Namespace) -> tuple[str, bool]:
             print("this stack's nginx.conf has no nginx.d include (re-run todo-stack up): "
                   "no ceiling and floor rows", file=sys.stderr)
         before = rss.sample(target)
-        rows = main_rows(pages, edge=edge.available, hooks=bool(hooks.floors))
+        rows = [row for row in main_rows(pages, edge=edge.available, hooks=bool(hooks.floors))
+                if not args.only or any(text in row.name for text in args.only)]
+        if not rows:
+            raise StackError(f"no row of the table matches --only {args.only}")
         runner.rounds(rows, args.connections, args.runs, results, pages.token)
         after_rows = rss.sample(target)
         for user in sized:
@@ -167,7 +173,7 @@ def benchmark(target: Target, args: argparse.Namespace) -> tuple[str, bool]:
     finally:
         hooks.remove()
         edge.restore()
-    check = runner.write_mix.check() if runner.write_mix else None
+    check = runner.write_mix.check() if runner.write_mix and runner.write_mix.runs else None
     text = document(target, args, pages, results, [before, after_rows, at_end], check, sizes,
                     soaked)
     return text, check is None or check.ok
@@ -180,6 +186,8 @@ def run_soak(target: Target, args: argparse.Namespace, pages: UserPages,
     lowest = args.connections[0]
     wanted = f"edge {args.soak_edge}"
     rows = [name for name, c in results.runs if c == lowest and name.startswith(FIRST_PAGE)]
+    if not rows:
+        raise StackError("--soak needs the first page's rows (see --only)")
     row = next((name for name in rows if wanted in name), rows[0])
     if wanted in row:
         edge.switch(args.soak_edge)

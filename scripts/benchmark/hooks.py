@@ -57,6 +57,8 @@ class Hooks:
         spots = self.target.floor_spots()
         for spot in spots:
             self._start_floor(spot)
+        for spot in spots:  # started together, waited for together
+            wait_for(f"http://{spot.address}:{spot.port}/", present=True)
         self.http_conf.parent.mkdir(parents=True, exist_ok=True)
         self.server_conf.parent.mkdir(parents=True, exist_ok=True)
         self.http_conf.write_text(upstream_conf(spots))
@@ -101,7 +103,6 @@ class Hooks:
                  "--address", spot.address, "--port", str(spot.port),
                  "--body-file", str(self.body_file)], stdout=log, stderr=subprocess.STDOUT,
             ))
-        wait_for(f"http://{spot.address}:{spot.port}/", present=True)
 
     def floor_pids(self) -> list[int]:
         return [process.pid for process in self.floors]
