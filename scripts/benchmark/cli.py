@@ -6,7 +6,9 @@
 
 Runs against the running stack (its saved config in <var>/stack.json), or with --up brings one
 up in its own var dir on benchmark ports and stops it afterwards. Bounded: every wrk run lasts
---duration seconds; loopback only; what it starts it stops by PID.
+--duration seconds; loopback only; what it starts it stops by PID. The lab runs the same
+benchmark from its client host (`scripts/lab bench`, scripts/netlab/bench.py): `benchmark()`
+takes a Target (target.py), not a stack on loopback.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scripts.benchmark.edge import Edge
 from scripts.benchmark.hooks import Hooks
 from scripts.benchmark.pages import PASSWORD, UserPages, prepare
 from scripts.benchmark.plan import FIRST_PAGE, Runner, main_rows, size_rows
+from scripts.benchmark.target import Target
 from scripts.benchmark.writemix import WRITER, WriteCheck, WriteMix
 from scripts.stack import commands
 from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError
@@ -42,19 +45,24 @@ def _counts(text: str) -> list[int]:
     return values
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="todo-bench", description=__doc__.split("\n")[0])
-    p.add_argument("--var", type=Path, help=f"the stack's directory (default {DEFAULT_VAR}; "
-                   f"with --up {BENCH_VAR})")
-    p.add_argument("--up", action="store_true",
-                   help="bring a stack up in --var on the ports below, and down afterwards")
-    p.add_argument("--keep-up", action="store_true", help="with --up: leave it running")
-    p.add_argument("--instances", type=int, default=os.cpu_count() or 1,
-                   help="with --up (default: one per core)")
-    for name, default in (("http-port", 18000), ("https-port", 18443), ("base-port", 18001),
-                          ("mongo-port", 18017), ("redis-port", 18379), ("broker-port", 18380)):
-        p.add_argument(f"--{name}", type=int, default=default,
-                       help=f"with --up (default {default})")
+def parser(prog: str = "todo-bench", *, stack_options: bool = True,
+           output: Path = DEFAULT_OUTPUT) -> argparse.ArgumentParser:
+    """todo-bench's options; without `stack_options` only those of the measurement (the lab's
+    stack is the lab's own)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    if stack_options:
+        p.add_argument("--var", type=Path, help=f"the stack's directory (default "
+                       f"{DEFAULT_VAR}; with --up {BENCH_VAR})")
+        p.add_argument("--up", action="store_true",
+                       help="bring a stack up in --var on the ports below, and down afterwards")
+        p.add_argument("--keep-up", action="store_true", help="with --up: leave it running")
+        p.add_argument("--instances", type=int, default=os.cpu_count() or 1,
+                       help="with --up (default: one per core)")
+        for name, default in (("http-port", 18000), ("https-port", 18443),
+                              ("base-port", 18001), ("mongo-port", 18017),
+                              ("redis-port", 18379), ("broker-port", 18380)):
+            p.add_argument(f"--{name}", type=int, default=default,
+                           help=f"with --up (default {default})")
     p.add_argument("--todos", type=int, default=10_000, help="the read user's todos")
     p.add_argument("--runs", type=int, default=3, help="rounds; the table shows medians")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -67,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-edge", choices=("on", "off"), default="off",
                    help="the soak's first page with the edge on or off (default off: the "
                         "instances serve it)")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="only the table's rows whose name contains TEXT (repeatable), e.g. "
+                        "--only floor --only 'edge on'")
+    p.add_argument("--output", type=Path, default=output)
     p.add_argument("--note", default="", help="a line for the results file (e.g. smoke run)")
     p.add_argument("--raw", action="store_true", help="also print wrk's own output")
     return p
@@ -89,23 +100,34 @@ def stack_for(args: argparse.Namespace) -> tuple[StackConfig, bool]:
     return cfg, True
 
 
+def parse(p: argparse.ArgumentParser, argv: list[str], command: str) -> argparse.Namespace:
+    """The options, checked; `args.command` is the command line for the results file."""
+    args = p.parse_args(argv)
+    args.command = f"{command} {shlex.join(argv)}".strip()
+    if args.runs < 1 or args.duration <= 0 or args.todos < 1:
+        p.error("--runs, --duration and --todos must be positive")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
-    args.command = shlex.join(["scripts/bench", *argv])
-    if args.runs < 1 or args.duration <= 0 or args.todos < 1:
-        parser().error("--runs, --duration and --todos must be positive")
+    args = parse(parser(), argv, "scripts/bench")
     try:
         wrk.check_available()
         wrk.raise_open_files_limit()
         cfg, started = stack_for(args)
         try:
-            text, ok = benchmark(cfg, args)
+            text, ok = benchmark(Target(cfg), args)
         finally:
             if started and not args.keep_up:
                 commands.down(cfg)
     except StackError as exc:
         sys.exit(f"todo-bench: {exc}")
+    write(args, text, ok)
+
+
+def write(args: argparse.Namespace, text: str, ok: bool) -> None:
+    """The results printed and written to --output; a failed write mix check fails the run."""
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
@@ -114,52 +136,58 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("todo-bench: the write mix lost or duplicated a write (see the table)")
 
 
-def benchmark(cfg: StackConfig, args: argparse.Namespace) -> tuple[str, bool]:
+def benchmark(target: Target, args: argparse.Namespace) -> tuple[str, bool]:
     """The results document, and whether the write mix check passed."""
-    if "127.0.0.1" not in cfg.rate_limit_exempt:
-        print("warning: 127.0.0.1 is rate limited by this stack's nginx: expect 429s",
-              file=sys.stderr)
-    api = Api(cfg.base_url)
+    cfg = target.cfg
+    if target.client_address not in cfg.rate_limit_exempt:
+        print(f"warning: {target.client_address} is rate limited by this stack's nginx: "
+              "expect 429s", file=sys.stderr)
+    api = Api(target.base_url)
     try:
         pages = prepare(cfg, api, args.todos)
         writer = api.token(WRITER, PASSWORD)
         sized = [prepare(cfg, api, size) for size in args.sizes]
     finally:
         api.close()
-    edge = Edge(cfg)
-    hooks = Hooks(cfg, pages.first_page)
-    runner = Runner(cfg.base_url, args.duration, edge, WriteMix(cfg, writer), args.raw)
+    edge = Edge(target)
+    hooks = Hooks(target, pages.first_page)
+    runner = Runner(target.base_url, args.duration, edge, WriteMix(cfg, writer), args.raw)
     results, sizes = report.Results(), report.Results()
     try:
         if hooks.supported():
-            hooks.install(os.cpu_count() or 1)
+            hooks.install()
         else:
             print("this stack's nginx.conf has no nginx.d include (re-run todo-stack up): "
                   "no ceiling and floor rows", file=sys.stderr)
-        before = rss.sample(cfg)
-        rows = main_rows(pages, edge=edge.available, hooks=bool(hooks.floors))
+        before = rss.sample(target)
+        rows = [row for row in main_rows(pages, edge=edge.available, hooks=bool(hooks.floors))
+                if not args.only or any(text in row.name for text in args.only)]
+        if not rows:
+            raise StackError(f"no row of the table matches --only {args.only}")
         runner.rounds(rows, args.connections, args.runs, results, pages.token)
-        after_rows = rss.sample(cfg)
+        after_rows = rss.sample(target)
         for user in sized:
             runner.rounds(size_rows(user), args.connections[:1], args.runs, sizes, user.token)
-        soaked = run_soak(cfg, args, pages, results, edge) if args.soak else None
-        at_end = rss.sample(cfg)
+        soaked = run_soak(target, args, pages, results, edge) if args.soak else None
+        at_end = rss.sample(target)
     finally:
         hooks.remove()
         edge.restore()
-    check = runner.write_mix.check() if runner.write_mix else None
-    text = document(cfg, args, pages, results, [before, after_rows, at_end], check, sizes,
+    check = runner.write_mix.check() if runner.write_mix and runner.write_mix.runs else None
+    text = document(target, args, pages, results, [before, after_rows, at_end], check, sizes,
                     soaked)
     return text, check is None or check.ok
 
 
-def run_soak(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
+def run_soak(target: Target, args: argparse.Namespace, pages: UserPages,
              results: report.Results, edge: Edge) -> soak.Soak:
     """The first page as the instances serve it (edge off, when there is an edge): their memory
     is what the soak watches, and with the edge on they would see little of the load."""
     lowest = args.connections[0]
     wanted = f"edge {args.soak_edge}"
     rows = [name for name, c in results.runs if c == lowest and name.startswith(FIRST_PAGE)]
+    if not rows:
+        raise StackError("--soak needs the first page's rows (see --only)")
     row = next((name for name in rows if wanted in name), rows[0])
     if wanted in row:
         edge.switch(args.soak_edge)
@@ -167,19 +195,19 @@ def run_soak(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
     runs = results.runs[(row, lowest)]
     rate = results.median_rate(row, lowest) or 0.0
     p50 = sorted(r.p50_ms for r in runs)[len(runs) // 2]
-    return soak.run(cfg, pages.token, args.soak, rate, p50)
+    return soak.run(target, pages.token, args.soak, rate, p50)
 
 
-def document(cfg: StackConfig, args: argparse.Namespace, pages: UserPages,
+def document(target: Target, args: argparse.Namespace, pages: UserPages,
              results: report.Results, memory: list[dict[str, float | None]],
              check: WriteCheck | None, sizes: report.Results, soaked: soak.Soak | None) -> str:
     command = args.command
     parts = [
-        "# Benchmark results", "",
+        f"# {target.title}", "",
         *([f"**{args.note}**", ""] if args.note else []),
         f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
-        f"{platform.release()}); {cfg.instances} instances; wrk -t{wrk.THREADS} "
+        f"{platform.release()}); {target.describe()}; wrk -t{wrk.THREADS} "
         f"-d{args.duration:g}s --latency (default 2 s timeout), {args.runs} round(s), rows "
         f"alternating within each round; user with {pages.todos:,} todos, first page "
         f"{len(pages.first_page):,} bytes.", "",

@@ -1,25 +1,26 @@
-"""Turning the nginx edge on and off through `todo-stack --var <var> edge on|off`.
+"""Turning the nginx edge on and off, the target's way (`todo-stack --var <var> edge on|off` on
+one machine, `scripts/lab edge on|off` in the lab).
 
-The edge branch builds that command; where it does not exist (or fails), the benchmark marks
-the edge rows "edge n/a" and measures the first page once, as the stack serves it.
+Where that fails (a stack without the edge's Lua modules), the benchmark marks the edge rows
+"edge n/a" and measures the first page once, as the stack serves it.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
+from scripts.benchmark.target import Target
 from scripts.stack.config import StackConfig
 
 SETTLE_SECONDS = 1.0
 
 
 class Edge:
-    def __init__(self, cfg: StackConfig) -> None:
-        self.cfg = cfg
-        self.original = original_state(cfg)
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.original = original_state(target.cfg)
         self.current: str | None = None
         self.available = self.switch(self.original or "on")
 
@@ -27,13 +28,9 @@ class Edge:
         """True once the stack's edge is `state` ("on" or "off")."""
         if state == self.current:
             return True
-        result = subprocess.run(
-            [sys.executable, "-m", "scripts.stack.commands", "--var", str(self.cfg.root),
-             "edge", state], capture_output=True, text=True, timeout=120, check=False,
-        )
-        if result.returncode != 0:
-            print(f"todo-stack edge {state} failed: {(result.stderr or result.stdout).strip()}"
-                  " -- edge rows n/a", file=sys.stderr)
+        failure = self.target.switch_edge(state)
+        if failure is not None:
+            print(f"edge {state} failed: {failure} -- edge rows n/a", file=sys.stderr)
             return False
         time.sleep(SETTLE_SECONDS)  # old nginx workers finish with the old config
         self.current = state

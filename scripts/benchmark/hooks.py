@@ -1,9 +1,11 @@
-"""The ceiling and the floor behind the stack's own nginx: conf files in <var>/nginx.d/, which
-nginx.conf includes (http level and server level), and a graceful reload (HUP to nginx's pid).
+"""The ceiling and the floor behind the target's nginx: conf files in <var>/nginx.d/, which
+nginx.conf includes (http level and server level), checked the target's way (`nginx -t` where
+that nginx runs), and a graceful reload (HUP to nginx's pid).
 
 - `/bench/ceiling`: nginx serves the first page's exact bytes as a static file;
 - `/bench/floor`: the same proxy settings as every instance location (conf/nginx-proxy.conf.in)
-  to an upstream of bare Tornado processes (floor.py), one per core.
+  to an upstream of bare Tornado processes (floor.py), where the target puts them (one per
+  core on loopback; in the lab, on the app hosts).
 Both are removed, and nginx reloaded again, when the benchmark ends.
 """
 
@@ -20,9 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from scripts.local_services import free_port
-from scripts.stack.config import StackConfig, StackError, proxy_locations
-from scripts.stack.supervisor import check_nginx_conf
+from scripts.benchmark.target import FloorSpot, Target
+from scripts.stack.config import StackConfig, StackError, render
 
 CEILING, FLOOR = "/bench/ceiling", "/bench/floor"
 CONF_NAME = "todo-bench.conf"
@@ -30,8 +31,9 @@ RELOAD_TIMEOUT = 15.0
 
 
 class Hooks:
-    def __init__(self, cfg: StackConfig, body: bytes) -> None:
-        self.cfg = cfg
+    def __init__(self, target: Target, body: bytes) -> None:
+        self.target = target
+        self.cfg = cfg = target.cfg
         self.dir = cfg.path("bench")
         # nginx's workers run unprivileged: the var dir may be closed to them (a pytest tmp dir
         # is 0700), so the static file lives in a directory of its own that they can read.
@@ -48,25 +50,27 @@ class Hooks:
         conf = self.cfg.path("run", "nginx.conf")
         return conf.exists() and "nginx.d/server/" in conf.read_text()
 
-    def install(self, floor_processes: int) -> None:
+    def install(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.body_file.write_bytes(self.body)
         self.body_file.chmod(0o644)
-        ports = [free_port() for _ in range(floor_processes)]
-        for port in ports:
-            self._start_floor(port)
+        spots = self.target.floor_spots()
+        for spot in spots:
+            self._start_floor(spot)
+        for spot in spots:  # started together, waited for together
+            wait_for(f"http://{spot.address}:{spot.port}/", present=True)
         self.http_conf.parent.mkdir(parents=True, exist_ok=True)
         self.server_conf.parent.mkdir(parents=True, exist_ok=True)
-        self.http_conf.write_text(upstream_conf(ports))
-        self.server_conf.write_text(locations_conf(self.cfg, self.body_file))
+        self.http_conf.write_text(upstream_conf(spots))
+        self.server_conf.write_text(locations_conf(self.cfg, self.body_file, len(spots)))
         try:
-            check_nginx_conf(self.cfg)
+            self.target.check_nginx()
         except StackError:
             self._remove_files()
             raise
         reload_nginx(self.cfg)
         for path in (CEILING, FLOOR):
-            wait_for(self.cfg.base_url + path, present=True)
+            wait_for(self.target.base_url + path, present=True)
 
     def remove(self) -> None:
         """Undo install: files gone, nginx reloaded, floor processes stopped (by PID)."""
@@ -74,7 +78,7 @@ class Hooks:
         self._remove_files()
         if had_conf:
             reload_nginx(self.cfg)
-            wait_for(self.cfg.base_url + CEILING, present=False)
+            wait_for(self.target.base_url + CEILING, present=False)
         for process in self.floors:
             process.terminate()
         for process in self.floors:
@@ -90,28 +94,35 @@ class Hooks:
             path.unlink(missing_ok=True)
         shutil.rmtree(self.static_dir, ignore_errors=True)
 
-    def _start_floor(self, port: int) -> None:
-        with (self.dir / f"floor-{port}.log").open("wb") as log:  # the child keeps its copy
+    def _start_floor(self, spot: FloorSpot) -> None:
+        log_file = self.dir / f"floor-{spot.address}-{spot.port}.log"
+        with log_file.open("wb") as log:  # the child keeps its copy
+            # `ip netns exec` execs the command: the pid is the floor's own.
             self.floors.append(subprocess.Popen(
-                [sys.executable, "-m", "scripts.benchmark.floor", "--port", str(port),
+                [*spot.prefix, sys.executable, "-m", "scripts.benchmark.floor",
+                 "--address", spot.address, "--port", str(spot.port),
                  "--body-file", str(self.body_file)], stdout=log, stderr=subprocess.STDOUT,
             ))
-        wait_for(f"http://127.0.0.1:{port}/", present=True)
 
     def floor_pids(self) -> list[int]:
         return [process.pid for process in self.floors]
 
 
-def upstream_conf(ports: list[int]) -> str:
-    servers = "\n".join(f"    server 127.0.0.1:{port};" for port in ports)
+def upstream_conf(spots: list[FloorSpot]) -> str:
+    servers = "\n".join(f"    server {spot.address}:{spot.port};" for spot in spots)
     # As upstream todo_instances in conf/nginx.conf.in.
     return (f"# Written by scripts/bench; removed when it ends.\nupstream bench_floor {{\n"
             f"{servers}\n    keepalive 128;\n    keepalive_requests 100000;\n"
             f"    keepalive_timeout 60s;\n}}\n")
 
 
-def locations_conf(cfg: StackConfig, body_file: Path) -> str:
-    proxy = proxy_locations(cfg)
+def locations_conf(cfg: StackConfig, body_file: Path, floors: int) -> str:
+    """As nginx_conf() (scripts/stack/config.py) renders the instances' locations."""
+    proxy = render("nginx-proxy.conf.in", {
+        "rate_limit_burst": cfg.rate_limit_burst,
+        "upstream_tries": max(2, min(floors, 3)),
+        "upstream_read_timeout": cfg.upstream_read_timeout,
+    }).split("\n", 2)[2]
     if "proxy_pass http://todo_instances;" not in proxy:
         raise StackError("conf/nginx-proxy.conf.in no longer proxies to todo_instances")
     proxy = proxy.replace("proxy_pass http://todo_instances;", "proxy_pass http://bench_floor;")

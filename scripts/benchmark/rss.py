@@ -1,7 +1,8 @@
-"""The resident memory of every instance of the stack (pids from supervisorctl)."""
+"""The resident memory of every instance of the target (pids from each host's supervisorctl)."""
 
 from __future__ import annotations
 
+from scripts.benchmark.target import Target
 from scripts.stack.config import StackConfig
 from scripts.stack.supervisor import Supervisor
 
@@ -29,5 +30,8 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def sample(cfg: StackConfig) -> dict[str, float | None]:
-    return {name: rss_mb(pid) for name, pid in instance_pids(cfg).items()}
+def sample(target: Target) -> dict[str, float | None]:
+    """Instance ("todo_<port>", or "<host> todo_<port>" in the lab) -> its RSS in MB."""
+    return {f"{host} {name}".strip(): rss_mb(pid)
+            for host, cfg in target.instance_stacks().items()
+            for name, pid in instance_pids(cfg).items()}

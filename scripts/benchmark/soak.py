@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.benchmark import rss, wrk
-from scripts.stack.config import StackConfig, StackError
+from scripts.benchmark.target import Target
+from scripts.stack.config import StackError
 
 SCRIPT = Path(__file__).with_name("soak.lua")
 SAMPLE_SECONDS = 10.0
@@ -56,14 +57,14 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def run(cfg: StackConfig, token: str, seconds: float, max_rate: float, p50_ms: float) -> Soak:
+def run(target: Target, token: str, seconds: float, max_rate: float, p50_ms: float) -> Soak:
     if not 0 < seconds <= MAX_SOAK_SECONDS:
         raise StackError(f"--soak must be 1..{MAX_SOAK_SECONDS} seconds")
-    target = SHARE * max_rate
+    rate = SHARE * max_rate
     # Each connection makes one request per (delay + latency).
-    connections = max(2, min(1000, round(target * (DELAY_MS + p50_ms) / 1000)))
-    soak = Soak(target_rate=target, connections=connections)
-    command = wrk.command(f"{cfg.base_url}/todo", connections=connections, duration=seconds,
+    connections = max(2, min(1000, round(rate * (DELAY_MS + p50_ms) / 1000)))
+    soak = Soak(target_rate=rate, connections=connections)
+    command = wrk.command(f"{target.base_url}/todo", connections=connections, duration=seconds,
                           token=token, script=SCRIPT)
     env = {**os.environ, "BENCH_DELAY_MS": str(DELAY_MS)}
     deadline = time.monotonic() + seconds + wrk.SLACK_SECONDS
@@ -73,7 +74,7 @@ def run(cfg: StackConfig, token: str, seconds: float, max_rate: float, p50_ms: f
             if time.monotonic() > deadline:
                 process.kill()
                 raise StackError("wrk of the soak did not end in time")
-            soak.samples.append(rss.sample(cfg))
+            soak.samples.append(rss.sample(target))
             end = time.monotonic() + SAMPLE_SECONDS
             while process.poll() is None and time.monotonic() < end:
                 time.sleep(0.2)

@@ -6,6 +6,8 @@ rendered by todo-stack's config code; everything the lab writes lives under `var
     scripts/lab status                        hosts, addresses, processes, health, containment
     scripts/lab down                          every process (by pid), namespace and link gone
     scripts/lab client -- curl -s http://10.211.0.10/healthz    a command on the client host
+    scripts/lab edge on|off                   the edge host's nginx with its edge on or off
+    scripts/lab bench [--runs 3 ...]          the benchmark (scripts/bench) from the client host
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from scripts.stack.config import (
     nginx_conf,
     supervisord_conf,
 )
-from scripts.stack.supervisor import Supervisor
+from scripts.stack.supervisor import RELOAD_GRACE_SECONDS, Supervisor
 from server.infra.settings import load_or_create_secret
 
 READY_TIMEOUT = 120.0
@@ -225,6 +227,28 @@ def _bring_up(lab: Lab, timeout: float) -> None:
     print(f"lab: ready in {time.monotonic() - started:.1f}s", flush=True)
 
 
+def switch_edge(lab: Lab, on: bool) -> None:
+    """`todo-stack edge on|off` for the edge host: its nginx.conf rewritten, checked where
+    nginx runs (`nginx -t` binds the listeners, which exist only there), a graceful reload."""
+    cfg = StackConfig.load(lab.path("edge"))
+    supervisor = Supervisor(cfg)
+    if supervisor.pid() is None:
+        raise StackError("the edge host's supervisord is not running")
+    cfg.edge = on
+    cfg.path("run", "nginx.conf").write_text(nginx_conf(cfg))
+    check_nginx_conf_in(lab.host("edge").netns, cfg)
+    supervisor.ctl("signal", "HUP", "nginx")
+    time.sleep(RELOAD_GRACE_SECONDS)  # new workers take the new config
+    cfg.save()
+
+
+def bench_command(lab: Lab, options: list[str]) -> list[str]:
+    """scripts/netlab/bench.py on the client host: the benchmark's process runs inside the
+    lab, so wrk, PyMongo and redis-py reach the lab's addresses from there only."""
+    return netns.exec_in(lab.host("client").netns, sys.executable, "-m", "scripts.netlab.bench",
+                         str(lab.path("lab.json")), *options)
+
+
 def down(lab: Lab) -> None:
     """Every process (supervisord's shutdown, then by pid), namespace and link of the lab."""
     front = ["edge", "app1", "app2"]
@@ -277,11 +301,18 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="hosts, addresses, processes, health, containment")
     client = commands.add_parser("client", help="run a command on the client host")
     client.add_argument("args", nargs=argparse.REMAINDER)
+    edge = commands.add_parser("edge", help="the edge host's nginx with its edge on or off")
+    edge.add_argument("state", choices=("on", "off"))
+    commands.add_parser("bench", help="the benchmark from the client host against the edge "
+                                      "host; options as scripts/bench's but the stack's own")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     var = args.var.resolve()
     try:
         if args.command == "up":
@@ -291,12 +322,18 @@ def main(argv: list[str] | None = None) -> None:
         lab = Lab.load(var)
         if not is_up(lab):
             print("the lab is not up")
-            sys.exit(3 if args.command == "status" else 0)
+            sys.exit(3 if args.command in ("status", "edge", "bench") else 0)
         assert lab is not None
         if args.command == "down":
             down(lab)
         elif args.command == "status":
             status(lab)
+        elif args.command == "edge":
+            switch_edge(lab, args.state == "on")
+            print(f"edge {args.state}")
+        elif args.command == "bench":
+            command = bench_command(lab, [a for a in rest if a != "--"])
+            os.execvp(command[0], command)  # noqa: S606 - the benchmark's output is the user's
         else:
             command = netns.exec_in(lab.host("client").netns,
                                     *[a for a in args.args if a != "--"])

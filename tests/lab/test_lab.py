@@ -244,6 +244,32 @@ def test_the_api_contract_tests_pass_through_the_edge_host(lab):
     print(f"\nthrough the lab's edge host: {summary}")
 
 
+# -- the benchmark from the client host --------------------------------------------------------
+def test_the_benchmark_runs_from_the_client_host_and_leaves_nothing(lab, tmp_path):
+    """scripts/lab bench's plumbing, one row for one second: its process on the client host,
+    the floor's processes on the app hosts behind the edge host's nginx, gone afterwards."""
+    if shutil.which("wrk") is None:
+        pytest.skip("no wrk")
+    output = tmp_path / "lab.md"
+    options = ["--todos", "20", "--runs", "1", "--duration", "1", "--connections", "4",
+               "--only", "floor", "--output", str(output)]
+    result = subprocess.run(commands.bench_command(lab, options), capture_output=True,
+                            text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = output.read_text()
+    floor = next(line for line in text.splitlines() if line.startswith("| floor: "))
+    cells = [cell.strip() for cell in floor.strip("|").split("|")]
+    answered, errors, non_2xx = cells[6:9]
+    assert (answered != "0", errors, non_2xx) == (True, "0/0/0/0", "0"), floor
+    for name in ("app1", "app2"):
+        assert f"| {name} todo_8001 |" in text, text
+    assert not list(lab.path("edge", "nginx.d").rglob("*.conf"))
+    listening = commands.listeners(lab)
+    for name in ("app1", "app2"):
+        assert listening[name] == [f"{lab.host(name).address}:8001"], listening
+    assert netns.containment_problems(lab) == []
+
+
 class ClientThreads:
     """Threads of the client host running `work` until the block they serve ends."""
 

@@ -53,8 +53,8 @@ def test_a_tiny_benchmark_measures_every_row_and_loses_no_write(cfg, tmp_path, c
     floors: list[int] = []
     install = cli.Hooks.install
 
-    def remember_floors(self, processes):
-        install(self, processes)
+    def remember_floors(self):
+        install(self)
         floors.extend(self.floor_pids())
 
     monkeypatch.setattr(cli.Hooks, "install", remember_floors)
