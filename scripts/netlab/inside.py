@@ -50,10 +50,9 @@ def initiate(lab: Lab, timeout: float) -> dict[str, Any]:
     members = lab.mongo_members()
     try:
         initiated = replica_set.initiate(members, REPLICA_SET, timeout)
-        found = replica_set.wait_for_primary(members, REPLICA_SET, timeout)
     except replica_set.ReplicaSetError as exc:
         raise StackError(str(exc)) from None
-    return {"primary": found, "initiated now": initiated}
+    return {"primary": initiated.primary, "initiated now": initiated.by_this_call}
 
 
 def members(lab: Lab, timeout_ms: int = 1000) -> dict[str, str]:

@@ -14,7 +14,7 @@ Why these settings (docs/operations.md#replica-set):
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
@@ -49,10 +49,14 @@ def _direct(host: str) -> MongoClient[dict[str, Any]]:
                        serverSelectionTimeoutMS=1000, connectTimeoutMS=1000)
 
 
-def initiate(hosts: list[str], name: str = DEFAULT_NAME, timeout: float = 60.0) -> bool:
+class Initiated(NamedTuple):
+    by_this_call: bool  # False: the members had their configuration already
+    primary: str  # host:port of the member that takes writes
+
+
+def initiate(hosts: list[str], name: str = DEFAULT_NAME, timeout: float = 60.0) -> Initiated:
     """Give the members their configuration (through the first) once every one answers,
-    unless they have one already, and wait until one of them is primary. True if this call
-    initiated the set."""
+    unless they have one already, and wait until one of them is primary."""
     deadline = time.monotonic() + timeout
     for host in hosts:  # replSetInitiate refuses while any member is unreachable
         _wait_for_answer(host, deadline)
@@ -69,8 +73,8 @@ def initiate(hosts: list[str], name: str = DEFAULT_NAME, timeout: float = 60.0) 
             except OperationFailure as again:
                 if again.code != ALREADY_INITIALIZED:
                     raise ReplicaSetError(f"replSetInitiate: {again.details}") from None
-    wait_for_primary(hosts, name, max(deadline - time.monotonic(), 1.0))
-    return initiated
+    primary = wait_for_primary(hosts, name, max(deadline - time.monotonic(), 1.0))
+    return Initiated(initiated, primary)
 
 
 def _wait_for_answer(host: str, deadline: float) -> None:
