@@ -23,35 +23,18 @@ from server.domain.tokens import TokenService
 from server.domain.users import UserStore
 from server.infra import queue
 from server.infra.cache import PageCache
+from server.infra.mongo_options import mongo_options
 from server.infra.notifications import Publisher
 from server.infra.redis_guard import RedisGuard
 from server.infra.settings import Settings
 from server.web.hub import Hub
-
-# How often the driver checks each MongoDB server (10 s by default). A primary cut off the
-# network answers nothing, and it is the missed check that sends writes to the new primary:
-# measured in the lab, 7 to 14 s of failed writes after a cut at 10 s. One hello a second per
-# server costs nothing.
-HEARTBEAT_MS = 1000
 
 
 def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[str, Any]]:
     """A client that gives up quickly on an unreachable server: a 503, never a hang."""
     return AsyncMongoClient(
         settings.mongo_uri,
-        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
-        connectTimeoutMS=settings.mongo_timeout_ms,
-        # Not timeoutMS: pymongo then bounds server selection by it too (an unreachable
-        # server would take that long to become a 503), and counts the wait for a pooled
-        # connection, which under a burst is queueing, not failure. The socket timeout bounds
-        # an operation a live server does not answer.
-        socketTimeoutMS=settings.mongo_op_timeout_ms,
-        heartbeatFrequencyMS=HEARTBEAT_MS,
-        # An acknowledged write is journaled on a majority: it survives a mongod crash.
-        w="majority",
-        journal=True,
-        tz_aware=True,
-        appname="todo-api",
+        **mongo_options(settings, appname="todo-api"),
         # Sized with max_in_flight (docs/design.md): requests beyond the pool wait for a
         # connection, and the instance sheds load before that queue grows long.
         maxPoolSize=settings.mongo_pool_size,

@@ -20,10 +20,8 @@ from redis import Redis
 
 from server.domain import jobs
 from server.infra import notifications
+from server.infra.mongo_options import mongo_options
 from server.infra.settings import Settings
-
-# As the instances' (server/web/services.py): a lost primary is noticed within a second.
-HEARTBEAT_MS = 1000
 
 
 class WorkerClients:
@@ -45,15 +43,7 @@ class WorkerClients:
         # Opened after a fork: the parent's clients (if any) are not ours to use or close.
         self._pid = os.getpid()
         self._mongo = MongoClient(
-            self.settings.mongo_uri,
-            serverSelectionTimeoutMS=self.settings.mongo_timeout_ms,
-            connectTimeoutMS=self.settings.mongo_timeout_ms,
-            socketTimeoutMS=self.settings.mongo_op_timeout_ms,
-            heartbeatFrequencyMS=HEARTBEAT_MS,
-            w="majority",
-            journal=True,
-            tz_aware=True,
-            appname="todo-worker",
+            self.settings.mongo_uri, **mongo_options(self.settings, appname="todo-worker")
         )
         self._redis = Redis.from_url(
             self.settings.redis_url,
