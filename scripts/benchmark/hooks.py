@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from scripts.benchmark.target import FloorSpot, Target
-from scripts.stack.config import StackConfig, StackError, render
+from scripts.stack.config import StackConfig, StackError, proxy_locations
 
 CEILING, FLOOR = "/bench/ceiling", "/bench/floor"
 CONF_NAME = "todo-bench.conf"
@@ -118,11 +118,7 @@ def upstream_conf(spots: list[FloorSpot]) -> str:
 
 def locations_conf(cfg: StackConfig, body_file: Path, floors: int) -> str:
     """As nginx_conf() (scripts/stack/config.py) renders the instances' locations."""
-    proxy = render("nginx-proxy.conf.in", {
-        "rate_limit_burst": cfg.rate_limit_burst,
-        "upstream_tries": max(2, min(floors, 3)),
-        "upstream_read_timeout": cfg.upstream_read_timeout,
-    }).split("\n", 2)[2]
+    proxy = proxy_locations(cfg, upstreams=floors)
     if "proxy_pass http://todo_instances;" not in proxy:
         raise StackError("conf/nginx-proxy.conf.in no longer proxies to todo_instances")
     proxy = proxy.replace("proxy_pass http://todo_instances;", "proxy_pass http://bench_floor;")

@@ -269,17 +269,19 @@ def edge_parts(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def proxy_values(cfg: StackConfig) -> dict[str, object]:
-    """What conf/nginx-proxy.conf.in (and the nginx.conf around it) is filled with."""
+def proxy_values(cfg: StackConfig, upstreams: int | None = None) -> dict[str, object]:
+    """What conf/nginx-proxy.conf.in (and the nginx.conf around it) is filled with, for
+    `upstreams` servers behind it (the stack's instances unless given)."""
+    count = len(cfg.upstream_addresses) if upstreams is None else upstreams
     return {"rate_limit_burst": cfg.rate_limit_burst,
-            "upstream_tries": max(2, min(len(cfg.upstream_addresses), 3)),
+            "upstream_tries": max(2, min(count, 3)),
             "upstream_read_timeout": cfg.upstream_read_timeout}
 
 
-def proxy_locations(cfg: StackConfig) -> str:
-    """The proxy settings every instance location shares, without the snippet's own two
-    comment lines."""
-    return render("nginx-proxy.conf.in", proxy_values(cfg)).split("\n", 2)[2]
+def proxy_locations(cfg: StackConfig, upstreams: int | None = None) -> str:
+    """The proxy settings every instance location shares (scripts/bench's floor too),
+    without the snippet's own two comment lines."""
+    return render("nginx-proxy.conf.in", proxy_values(cfg, upstreams)).split("\n", 2)[2]
 
 
 def nginx_conf(cfg: StackConfig, down: frozenset[int] = frozenset()) -> str:
