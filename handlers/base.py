@@ -29,6 +29,7 @@ from . import cookies
 log = logging.getLogger("todo.api")
 DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
 OVERLOADED = "server busy, try again shortly"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away
 
 
 def database_unavailable(exc: BaseException | None) -> bool:
@@ -130,6 +131,9 @@ class APIHandler(RequestHandler):
     # Reads whose client has gone are cancelled (see on_connection_close).
     cancel_when_abandoned = frozenset({"GET", "HEAD"})
     _task: asyncio.Task[Any] | None = None
+    # Cancelled because the client left: Tornado then "sends" a 500 to nobody. It is logged
+    # and counted as nginx's 499 (client closed request) instead: no server error happened.
+    abandoned = False
 
     async def prepare(self) -> None:
         if self.request.method in self.cancel_when_abandoned:
@@ -240,6 +244,7 @@ class APIHandler(RequestHandler):
         # a waiting request needs (nginx closes the connection when its client gives up).
         # Never a write: its cache invalidation and notification must run to the end.
         if self._task is not None and not self._finished:
+            self.abandoned = True
             self._task.cancel()
 
     def _untrack(self) -> None:
@@ -251,7 +256,9 @@ class APIHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = self._reason
-        if isinstance(exc, ApiError):
+        if self.abandoned:
+            status_code, message = CLIENT_CLOSED_REQUEST, "client closed request"
+        elif isinstance(exc, ApiError):
             status_code, message = exc.status, exc.message
         elif isinstance(exc, HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message

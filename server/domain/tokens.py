@@ -114,9 +114,7 @@ class TokenService:
         revoked_key = self.guard.key("revoked", principal.token_id)
         synced_key = self.guard.key("revocations-synced")
         extra = keys_of(principal) if keys_of is not None else ()
-        found = await self.guard.run(
-            lambda r: r.mget(revoked_key, synced_key, *extra), default=None
-        )
+        found = await self.guard.read_many((revoked_key, synced_key, *extra))
         if found is not None and found[1] is not None and self._synced_once:
             revoked = found[0] is not None
         else:

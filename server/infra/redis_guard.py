@@ -13,11 +13,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from server.infra.redis_pipeline import PipelinedReads
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,15 @@ REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class RedisGuard:
-    def __init__(self, client: Redis, *, prefix: str, cooldown: float = 1.0) -> None:
+    def __init__(
+        self, client: Redis, *, prefix: str, cooldown: float = 1.0,
+        reads: PipelinedReads | None = None,
+    ) -> None:
         self.client = client
+        # The hot path's reads (every request's MGET), pipelined on a connection of their own.
+        self.reads = reads
+        if reads is not None:
+            reads.on_lost = self._failed
         self.prefix = prefix
         self.cooldown = cooldown
         self.errors = 0
@@ -92,7 +101,7 @@ class RedisGuard:
 
     async def run(self, call: Callable[[Redis], Awaitable[T]], *, default: T) -> T:
         """`call(client)`, or `default` when Redis is failing or has unreplayed repairs."""
-        if not self.available or not await self._replay_repairs():
+        if not self.available or (self._repairs and not await self._replay_repairs()):
             return default
         try:
             result = await call(self.client)
@@ -101,6 +110,13 @@ class RedisGuard:
             return default
         self._succeeded()
         return result
+
+    async def read_many(self, keys: Sequence[str]) -> list[Any] | None:
+        """MGET `keys` (a request's one read of Redis), or None when Redis is failing."""
+        reads = self.reads
+        if reads is None:
+            return await self.run(lambda client: client.mget(keys), default=None)
+        return await self.run(lambda _client: reads.mget(*keys), default=None)
 
     async def must(self, call: RedisCall) -> None:
         """Run a write that Redis must eventually see; on failure it is queued and replayed."""
@@ -145,6 +161,8 @@ class RedisGuard:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.reads is not None:
+            await self.reads.close()
         await self.client.aclose()
 
 

@@ -26,6 +26,7 @@ from server.infra.cache import PageCache
 from server.infra.mongo_options import mongo_options
 from server.infra.notifications import Publisher
 from server.infra.redis_guard import RedisGuard
+from server.infra.redis_pipeline import PipelinedReads
 from server.infra.settings import Settings
 from server.web.hub import Hub
 
@@ -63,6 +64,13 @@ def redis_client(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 0),
     )
     return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def pipelined_reads(settings: Settings) -> PipelinedReads | None:
+    """The hot path's Redis reads, pipelined on one connection (TLS stays with redis-py)."""
+    if not PipelinedReads.supports(settings.redis_url):
+        return None
+    return PipelinedReads(settings.redis_url, timeout=settings.redis_timeout)
 
 
 @dataclass
@@ -111,7 +119,8 @@ def open_services(
 ) -> Services:
     """Wire the stores to the clients; tests may pass clients of their own (real ones)."""
     mongo = mongo or mongo_client(settings)
-    guard = RedisGuard(redis or redis_client(settings), prefix=settings.redis_prefix)
+    guard = RedisGuard(redis or redis_client(settings), prefix=settings.redis_prefix,
+                       reads=pipelined_reads(settings))
     db = mongo[settings.db_name]
     # The lock outlives the slowest MongoDB load, so waiters never give up on a live loader.
     lock_ttl = settings.mongo_op_timeout_ms / 1000 + 1

@@ -47,6 +47,10 @@ async def test_a_read_whose_client_left_stops_waiting(mongo_uri, redis_url):
             await asyncio.sleep(1.0)
             # Polling would have asked 20 times more by now (every 50 ms).
             assert await mget_calls(redis) - before <= 1
+            # Counted as nginx counts it (499, client closed request), not as a server error.
+            metrics = (await api.get("/metrics")).body.decode()
+            assert 'method="GET",route="/todo",status="499"} 1.0' in metrics
+            assert 'method="GET",route="/todo",status="500"' not in metrics
         finally:
             await redis.delete(lock_key)
             await redis.aclose()
