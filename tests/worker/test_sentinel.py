@@ -56,7 +56,7 @@ class SentinelQueue:
         return [(HOST, server.port) for server in self.sentinels]
 
     def url(self, db: int) -> str:
-        return sentinel.sentinel_url([server.port for server in self.sentinels], db)
+        return sentinel.sentinel_url(self.addresses, db)
 
     def named_master(self) -> tuple[str, int] | None:
         return sentinel.ask_master(self.addresses)[0]
