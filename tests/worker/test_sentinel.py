@@ -137,6 +137,10 @@ def test_celery_asks_the_sentinels_for_the_master_by_its_name(settings):
         assert app.conf[option]["master_name"] == sentinel.MASTER_NAME
         assert app.conf[option]["sentinel_kwargs"]["socket_timeout"] == 1.0
         assert app.conf[option]["visibility_timeout"] == 3600  # conf/celeryconfig.py's, kept
+    # A master cut off never closes its connections: nothing waits on one for ever.
+    assert app.conf.broker_transport_options["socket_timeout"] == queue.MASTER_TIMEOUT_SECONDS
+    assert app.conf.broker_transport_options["health_check_interval"] == 5
+    assert app.conf.redis_socket_timeout == queue.MASTER_TIMEOUT_SECONDS
 
 
 async def export(api, token) -> str:
