@@ -2,8 +2,9 @@
 sentinel:// URL, and the start of a queue node that asks them which role to take.
 
 `todo-stack up --queue-sentinels 3` runs the queue's master, one replica and three Sentinels
-under supervisord; tests/worker/test_sentinel.py runs the same pieces by hand and kills the
-master. Why these settings (docs/operations.md, "The queue with Sentinels"):
+under supervisord; scripts/lab runs them on hosts of their own (each binds its host's address);
+tests/worker/test_sentinel.py runs the same pieces by hand and kills the master. Why these
+settings (docs/operations.md, "The queue with Sentinels"):
 
 - down-after-milliseconds 1000: a master that does not answer for 1 s is down; measured here,
   a replica is promoted and named by the Sentinels about 2.3 s after a `kill -9`.
