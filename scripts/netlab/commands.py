@@ -34,6 +34,7 @@ from scripts.stack.config import (
     StackError,
     find_nginx,
     nginx_conf,
+    prepare_queue_sentinels,
     supervisord_conf,
 )
 from scripts.stack.supervisor import RELOAD_GRACE_SECONDS, Supervisor
@@ -47,8 +48,10 @@ STOP_TIMEOUT = 90.0
 def prepare_host(lab: Lab, name: str, secret: str) -> StackConfig:
     """The host's folders, the lab's one secret, and its generated configs."""
     cfg = lab.stack_config(name)
-    for sub in ("run", "log", "mongo", "redis", "broker"):
+    for sub in ("run", "log", "mongo", "redis"):
         cfg.path(sub).mkdir(parents=True, exist_ok=True)
+    if cfg.queue_sentinels:  # a queue node and a Sentinel, or a Sentinel alone
+        prepare_queue_sentinels(cfg)
     # Every host of the lab signs and checks tokens with the same secret, as real hosts would.
     secret_file = cfg.path("secret")
     secret_file.write_text(secret + "\n")
@@ -159,6 +162,26 @@ def wait_ready(lab: Lab, address: str, port: int, timeout: float) -> None:
     raise StackError(f"{address}:{port}/readyz did not answer 200 in {timeout:.0f}s ({last})")
 
 
+def queue_ready(report: dict[str, str]) -> bool:
+    """Whether the `queue` task's report shows a queue that can fail over: every Sentinel
+    names the master, knows the others and the replica, and the replica has synced."""
+    sentinels = [answer for part, answer in report.items() if part.startswith("sentinel ")]
+    master = report["queue master"].split()[0]
+    knows = f"master {master}, {len(sentinels) - 1} other Sentinels, 1 replica(s)"
+    return (all(answer == knows for answer in sentinels)
+            and any(answer.endswith("(connected)") for answer in report.values()))
+
+
+def wait_queue_ready(lab: Lab, timeout: float) -> dict[str, str]:
+    """Until the queue can fail over (the Sentinels find each other within about 2 s)."""
+    deadline = time.monotonic() + timeout
+    while not queue_ready(report := run_inside(lab, "queue", timeout)):
+        if time.monotonic() > deadline:
+            raise StackError(f"the job queue's Sentinels are not ready: {report}")
+        time.sleep(0.5)
+    return report
+
+
 def listeners(lab: Lab) -> dict[str, list[str]]:
     """Each host -> the local addresses its processes listen on (TCP)."""
     found = {}
@@ -216,6 +239,9 @@ def _bring_up(lab: Lab, timeout: float) -> None:
     print(f"lab: replica set: {run_inside(lab, 'initiate', timeout)} "
           f"({time.monotonic() - started:.1f}s)", flush=True)
     run_inside(lab, "indexes", timeout)
+    report = wait_queue_ready(lab, timeout)
+    print(f"lab: job queue: {report['queue master']} "
+          f"({time.monotonic() - started:.1f}s)", flush=True)
     for name in lab.instances():
         address, port = name.rsplit(":", 1)
         wait_ready(lab, address, int(port), timeout)

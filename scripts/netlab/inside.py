@@ -7,6 +7,7 @@ Each task prints one JSON object. It refuses to run outside a lab namespace.
     indexes LAB_JSON      create the indexes once MongoDB has a primary
     health LAB_JSON       every server and instance of the lab, and how it answers
     members LAB_JSON      each replica-set member's state, quickly
+    queue LAB_JSON        the job queue's master as each Sentinel names it, each node's role
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from scripts.netlab.topology import HTTP_PORT, REPLICA_SET, Lab
 from scripts.stack import replica_set
 from scripts.stack.commands import create_indexes_when_ready
 from scripts.stack.config import StackConfig, StackError
+from scripts.stack.sentinel import MASTER_NAME, host_port
 
 
 def own_netns() -> str | None:
@@ -70,16 +72,53 @@ def members(lab: Lab, timeout_ms: int = 1000) -> dict[str, str]:
     return report
 
 
+def _redis(address: str, timeout: float) -> Redis:
+    host, port = host_port(address)
+    return Redis(host, port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                 decode_responses=True)
+
+
+def queue(lab: Lab, timeout: float = 1.0) -> dict[str, str]:
+    """The job queue: the master the Sentinels name (and how many agree), what each Sentinel
+    says, and each node's role as it says itself."""
+    sentinels: dict[str, str] = {}
+    named: list[str] = []
+    for address in lab.sentinels():
+        try:
+            with _redis(address, timeout) as sentinel:
+                state = sentinel.sentinel_master(MASTER_NAME)
+        except (RedisError, OSError) as exc:
+            sentinels[f"sentinel {address}"] = f"DOWN: {exc}"
+            continue
+        named.append(f"{state['ip']}:{state['port']}")
+        sentinels[f"sentinel {address}"] = (
+            f"master {named[-1]}, {state['num-other-sentinels']} other Sentinels, "
+            f"{state['num-slaves']} replica(s)"
+            + (", failing over" if "failover_in_progress" in state["flags"] else ""))
+    master = max(set(named), key=named.count) if named else "none"
+    report = {"queue master": f"{master} (named by {named.count(master)} of "
+                              f"{len(lab.sentinels())} Sentinels)", **sentinels}
+    for address in lab.queue_nodes():
+        try:
+            with _redis(address, timeout) as node:
+                role = node.role()
+        except (RedisError, OSError) as exc:
+            report[f"queue node {address}"] = f"DOWN: {exc}"
+            continue
+        report[f"queue node {address}"] = (
+            "master" if role[0] == "master" else f"replica of {role[1]}:{role[2]} ({role[3]})")
+    return report
+
+
 def health(lab: Lab) -> dict[str, str]:
     """Each part of the lab -> how it answers, from this namespace."""
     report = members(lab)
-    for role, url in (("cache redis", lab.cache_url()), ("queue redis", lab.queue_url())):
-        try:
-            redis = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-            report[f"{role} {url}"] = "PONG" if redis.ping() else "no PONG"
-            redis.close()
-        except RedisError as exc:
-            report[f"{role} {url}"] = f"DOWN: {exc}"
+    try:
+        with Redis.from_url(lab.cache_url(), socket_timeout=1, socket_connect_timeout=1) as cache:
+            report[f"cache redis {lab.cache_url()}"] = "PONG" if cache.ping() else "no PONG"
+    except RedisError as exc:
+        report[f"cache redis {lab.cache_url()}"] = f"DOWN: {exc}"
+    report.update(queue(lab))
     netns = own_netns() or ""
     edge = lab.host("edge").address
     checks = [(f"instance {name}", *name.rsplit(":", 1)) for name in lab.instances()]
@@ -95,7 +134,7 @@ def health(lab: Lab) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts.netlab.inside", description=__doc__)
-    parser.add_argument("task", choices=["initiate", "indexes", "health", "members"])
+    parser.add_argument("task", choices=["initiate", "indexes", "health", "members", "queue"])
     parser.add_argument("lab_json", type=Path)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -112,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             result = {"indexes": "created"}
         elif args.task == "members":
             result = dict(members(lab, timeout_ms=500))
+        elif args.task == "queue":
+            result = dict(queue(lab, timeout=0.5))
         else:
             result = dict(health(lab))
     except StackError as exc:

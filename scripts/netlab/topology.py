@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.stack.config import DEFAULT_VAR, StackConfig, StackError, missing_edge_module
+from scripts.stack.sentinel import host_port, sentinel_url
 
 DEFAULT_NAME = "lab"
 # Checked unused before `up` (no address and no route of the root namespace overlaps it).
@@ -23,6 +24,7 @@ HTTP_PORT, HTTPS_PORT = 80, 443
 INSTANCE_PORT = 8001
 MONGO_PORT = 27017
 REDIS_PORT = 6379
+SENTINEL_PORT = 26379
 # A host cut off the network never answers on the connections nginx keeps open to it: a read
 # waits this long there, then goes to the next instance (within proxy_next_upstream_timeout,
 # 10 s). Above the instances' own 1 s wait for MongoDB and their usual answer by far.
@@ -36,15 +38,23 @@ HOSTS: dict[str, tuple[int, tuple[str, ...]]] = {
     "db1": (31, ("mongod",)),
     "db2": (32, ("mongod",)),
     "db3": (33, ("mongod",)),
-    "cache": (41, ("redis",)),
-    # The queue's Redis. Hook for Redis Sentinel (issue 11): a replica on queue2 (.52) and
-    # three sentinels (.53-.55) go here, and queue_url() becomes a sentinel:// URL.
-    "queue": (51, ("broker",)),
+    # The cache's Redis, and the queue's third Sentinel.
+    "cache": (41, ("redis", "sentinels")),
+    # The job queue's Redis: the first master on queue1, its replica on queue2, a Sentinel
+    # beside each. With the cache's, any host cut off leaves two Sentinels, a majority, on
+    # the other side (docs/lab.md).
+    "queue1": (51, ("broker", "sentinels")),
+    "queue2": (52, ("broker", "sentinels")),
     # Runs nothing: the lab's clients (tests, curl, wrk) run here.
     "client": (100, ()),
 }
 # Started last, stopped first: the edge needs the instances, they need the data hosts.
-START_ORDER = ("db1", "db2", "db3", "cache", "queue", "app1", "app2", "edge")
+START_ORDER = ("db1", "db2", "db3", "cache", "queue1", "queue2", "app1", "app2", "edge")
+QUEUE_NODES = ("queue1", "queue2")  # the first master first
+# The order the instances and workers ask them in: the one beside no queue node first, so that
+# losing a queue node's host (what the Sentinels are for) costs no discovery of the master a
+# timeout on its Sentinel.
+SENTINEL_HOSTS = ("cache", "queue1", "queue2")
 
 
 @dataclass(frozen=True)
@@ -119,8 +129,16 @@ class Lab:
     def cache_url(self) -> str:
         return f"redis://{self.host('cache').address}:{REDIS_PORT}/0"
 
+    def queue_nodes(self) -> list[str]:
+        return [f"{self.host(name).address}:{REDIS_PORT}" for name in QUEUE_NODES]
+
+    def sentinels(self) -> list[str]:
+        return [f"{self.host(name).address}:{SENTINEL_PORT}" for name in SENTINEL_HOSTS]
+
     def queue_url(self) -> str:
-        return f"redis://{self.host('queue').address}:{REDIS_PORT}/0"
+        """The queue's Sentinels, Celery's sentinel:// form: the instances and workers ask
+        them for the master (named `todo-queue`, the settings' broker_master_name)."""
+        return sentinel_url([host_port(name) for name in self.sentinels()], 0)
 
     def instances(self) -> list[str]:
         """Every instance, as nginx and the edge's leases name it ("address:port")."""
@@ -140,7 +158,7 @@ class Lab:
             "var": str(self.path(name)), "address": host.address, "programs": host.programs,
             "db_name": self.db_name, "instances": self.instances_per_host,
             "base_port": INSTANCE_PORT, "mongo_port": MONGO_PORT, "redis_port": REDIS_PORT,
-            "broker_port": REDIS_PORT,
+            "broker_port": REDIS_PORT, "sentinel_port": SENTINEL_PORT,
             # The edge's Lua reads the cache; nothing else here listens on loopback.
             "listen": host.address, "http_port": HTTP_PORT, "https_port": HTTPS_PORT,
             "rate_limit_exempt": ("127.0.0.1", self.host("client").address),
@@ -148,6 +166,9 @@ class Lab:
         if name.startswith("app") or name == "edge":
             values.update(external_mongo_uri=self.mongo_uri(), external_redis_url=self.cache_url(),
                           external_broker_url=self.queue_url())
+        if "sentinels" in host.programs:
+            values.update(queue_sentinels=len(SENTINEL_HOSTS),
+                          queue_nodes=tuple(self.queue_nodes()), sentinels=tuple(self.sentinels()))
         if name.startswith("db"):
             values["mongo_replica_set"] = REPLICA_SET
         if name == "edge":

@@ -38,8 +38,8 @@ from scripts.stack.config import (
     StackConfig,
     StackError,
     nginx_conf,
+    prepare_queue_sentinels,
     supervisord_conf,
-    write_sentinel_configs,
 )
 from scripts.stack.supervisor import Supervisor, check_nginx_conf
 from server.infra.queue import load_celery_config
@@ -113,8 +113,7 @@ def prepare(cfg: StackConfig) -> Supervisor:
     for port in cfg.mongo_ports if cfg.replica_set else ():
         cfg.path("mongo", str(port)).mkdir(exist_ok=True)
     if cfg.queue_sentinels:
-        cfg.path("broker_replica").mkdir(exist_ok=True)
-        write_sentinel_configs(cfg)
+        prepare_queue_sentinels(cfg)
     temp = cfg.path("nginx-temp")
     temp.mkdir(exist_ok=True)
     temp.chmod(0o1777)  # nginx workers run unprivileged

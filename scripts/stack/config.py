@@ -56,6 +56,11 @@ class StackConfig:
     # and N Sentinels on sentinel_port, sentinel_port + 1, ... (scripts/stack/sentinel.py).
     queue_sentinels: int = 0
     sentinel_port: int = 26379
+    # The queue's nodes and Sentinels when they run on several hosts (scripts/lab), each
+    # "address:port", the first node the first master; each host runs those on its address.
+    # Empty: the defaults above, all on this host's address.
+    queue_nodes: tuple[str, ...] = ()
+    sentinels: tuple[str, ...] = ()
     # The name the Sentinels (ours, or those of TODO_BROKER_URL) know the queue's master by.
     broker_master_name: str = Settings.broker_master_name
     external_mongo_uri: str = ""
@@ -142,6 +147,20 @@ class StackConfig:
         return [self.sentinel_port + i for i in range(self.queue_sentinels)]
 
     @property
+    def queue_node_addresses(self) -> list[tuple[str, int]]:
+        """The queue's nodes behind Sentinels, the first master first."""
+        if self.queue_nodes:
+            return [sentinel.host_port(node) for node in self.queue_nodes]
+        return [(self.address, self.broker_port), (self.address, self.broker_replica_port)]
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """Every Sentinel of the queue, wherever it runs."""
+        if self.sentinels:
+            return [sentinel.host_port(node) for node in self.sentinels]
+        return [(self.address, port) for port in self.sentinel_ports]
+
+    @property
     def broker_url(self) -> str:
         """The job queue. Its own Redis by default: every write on disk before it is
         acknowledged, never an eviction. Given only a Redis of one's own (TODO_REDIS_URL), its
@@ -150,7 +169,7 @@ class StackConfig:
         if self.external_broker_url:
             return self.external_broker_url
         if self.queue_sentinels:
-            return sentinel.sentinel_url(self.sentinel_ports, 0, self.address)
+            return sentinel.sentinel_url(self.sentinel_addresses, 0)
         if self.external_redis_url:
             return redis_db_url(self.external_redis_url, 1)
         return f"redis://127.0.0.1:{self.broker_port}/0"
@@ -182,7 +201,7 @@ class StackConfig:
         except FileNotFoundError:
             raise StackError(f"no stack set up in {var}; run `todo-stack up` first") from None
         values["rate_limit_exempt"] = tuple(values["rate_limit_exempt"])
-        for name in ("upstreams", "programs"):
+        for name in ("upstreams", "programs", "queue_nodes", "sentinels"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -414,41 +433,61 @@ QUEUE_ROLE = ("The job queue: a queued job is on disk before POST /jobs answers 
               "every write), and a full queue refuses work rather than evicting jobs.")
 
 
+# The queue's nodes' programs, in the order of StackConfig.queue_node_addresses.
+QUEUE_NODE_PROGRAMS = ("broker", "broker_replica")
+
+
 def queue_sentinel_programs(cfg: StackConfig, common: dict[str, object]) -> list[str]:
-    """The queue behind Sentinels: `broker` (the first master) and `broker_replica`, each
-    started in the role the Sentinels give it, and the Sentinels (group `sentinels`)."""
-    sentinels = ",".join(f"{cfg.address}:{port}" for port in cfg.sentinel_ports)
-    first_master = f" --replica-of {cfg.address}:{cfg.broker_port}"
-    nodes = [("broker", cfg.broker_port, ""),
-             ("broker_replica", cfg.broker_replica_port, first_master)]
+    """The queue behind Sentinels: of `broker` (the first master) and `broker_replica`, each
+    started in the role the Sentinels give it, and of the Sentinels (group `sentinels`), those
+    on this host's address (all of them on one machine)."""
+    sentinels = ",".join(f"{host}:{port}" for host, port in cfg.sentinel_addresses)
+    first = cfg.queue_node_addresses[0]
     programs = [render("supervisor-redis.conf.in", {
         **common, "program": program, "redis_data": cfg.path(program), "redis_port": port,
-        "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me {cfg.address}:{port} "
-                        f"--sentinels {sentinels}{replica_of} "
-                        f"--master-name {cfg.broker_master_name} -- {find_redis_server()}",
+        "redis_server": f"{sys.executable} -m scripts.stack.sentinel --me {host}:{port} "
+                        f"--sentinels {sentinels}"
+                        + ("" if (host, port) == first else f" --replica-of {first[0]}:{first[1]}")
+                        + f" --master-name {cfg.broker_master_name} -- {find_redis_server()}",
         "role": f"{QUEUE_ROLE} Its role (master or replica) is the one the Sentinels give it.",
         "persistence": " ".join(sentinel.QUEUE_NODE_OPTIONS),
-    }) for program, port, replica_of in nodes]
-    names = [f"sentinel_{port}" for port in cfg.sentinel_ports]
+    }) for program, (host, port) in own_queue_nodes(cfg)]
+    ports = [port for host, port in cfg.sentinel_addresses if host == cfg.address]
+    names = [f"sentinel_{port}" for port in ports]
     programs += [render("supervisor-sentinel.conf.in", {
         **common, "program": name, "redis_server": find_redis_server(),
         "sentinel_conf": cfg.path("sentinel", str(port), "sentinel.conf"),
-    }) for name, port in zip(names, cfg.sentinel_ports, strict=True)]
+    }) for name, port in zip(names, ports, strict=True)]
     # A group starts and stops by its own priority (999 unless given): the Sentinels' is
     # their programs', so they start before the queue's nodes and stop after the worker,
     # which asks them for the master while it shuts down.
-    group = f"[group:sentinels]\nprograms = {','.join(names)}\npriority = 5\n"
-    return [*programs, group]
+    if names:
+        programs.append(f"[group:sentinels]\nprograms = {','.join(names)}\npriority = 5\n")
+    return programs
 
 
-def write_sentinel_configs(cfg: StackConfig) -> None:
-    """Each Sentinel's config, fresh at every `up`: the queue starts with `broker` as its
-    master (after a failover both nodes hold the same jobs once the old master has synced;
-    a job lost otherwise is published again from MongoDB by the sweeper)."""
-    for port in cfg.sentinel_ports:
+def own_queue_nodes(cfg: StackConfig) -> list[tuple[str, tuple[str, int]]]:
+    """(program, address) of the queue's nodes on this host's address."""
+    return [(program, node) for program, node
+            in zip(QUEUE_NODE_PROGRAMS, cfg.queue_node_addresses, strict=True)
+            if node[0] == cfg.address]
+
+
+def prepare_queue_sentinels(cfg: StackConfig) -> None:
+    """This host's queue nodes' data directories, and each of its Sentinels' config, fresh
+    at every `up`: the queue starts with the first node as its master (after a failover both
+    nodes hold the same jobs once the old master has synced; a job lost otherwise is
+    published again from MongoDB by the sweeper)."""
+    for program, _ in own_queue_nodes(cfg):
+        cfg.path(program).mkdir(parents=True, exist_ok=True)
+    master_host, master_port = cfg.queue_node_addresses[0]
+    for host, port in cfg.sentinel_addresses:
+        if host != cfg.address:
+            continue
         directory = cfg.path("sentinel", str(port))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "sentinel.conf").write_text(sentinel.sentinel_conf(
-            port=port, directory=directory, master_port=cfg.broker_port,
-            sentinels=cfg.queue_sentinels, host=cfg.address, master_name=cfg.broker_master_name,
+            port=port, directory=directory, master_port=master_port,
+            sentinels=len(cfg.sentinel_addresses), host=host, master_host=master_host,
+            master_name=cfg.broker_master_name,
         ))

@@ -2,8 +2,9 @@
 sentinel:// URL, and the start of a queue node that asks them which role to take.
 
 `todo-stack up --queue-sentinels 3` runs the queue's master, one replica and three Sentinels
-under supervisord; tests/worker/test_sentinel.py runs the same pieces by hand and kills the
-master. Why these settings (docs/operations.md, "The queue with Sentinels"):
+under supervisord; scripts/lab runs them on hosts of their own (each binds its host's address);
+tests/worker/test_sentinel.py runs the same pieces by hand and kills the master. Why these
+settings (docs/operations.md, "The queue with Sentinels"):
 
 - down-after-milliseconds 1000: a master that does not answer for 1 s is down; measured here,
   a replica is promoted and named by the Sentinels about 2.3 s after a `kill -9`.
@@ -54,24 +55,28 @@ def quorum(sentinels: int) -> int:
 
 
 def sentinel_conf(*, port: int, directory: Path, master_port: int, sentinels: int,
-                  host: str = "127.0.0.1", master_name: str = MASTER_NAME) -> str:
-    """A Sentinel's config file. Sentinel rewrites it (the current master, the replicas and
-    the other Sentinels it learned of), so it lives in a directory of its own under var/."""
+                  host: str = "127.0.0.1", master_host: str | None = None,
+                  master_name: str = MASTER_NAME) -> str:
+    """A Sentinel's config file: it binds `host` and watches the master at `master_host`
+    (`host` unless given: on one machine both are loopback). Sentinel rewrites it (the current
+    master, the replicas and the other Sentinels it learned of), so it lives in a directory
+    of its own under var/."""
     return (
         f"# Written by todo-stack (scripts/stack/sentinel.py); Sentinel rewrites it.\n"
         f"port {port}\nbind {host}\ndir {directory}\ndaemonize no\nlogfile \"\"\n"
         f"sentinel resolve-hostnames no\n"
-        f"sentinel monitor {master_name} {host} {master_port} {quorum(sentinels)}\n"
+        f"sentinel monitor {master_name} {master_host or host} {master_port} "
+        f"{quorum(sentinels)}\n"
         f"sentinel down-after-milliseconds {master_name} {DOWN_AFTER_MS}\n"
         f"sentinel failover-timeout {master_name} {FAILOVER_TIMEOUT_MS}\n"
         f"sentinel parallel-syncs {master_name} 1\n"
     )
 
 
-def sentinel_url(ports: list[int], db: int, host: str = "127.0.0.1") -> str:
-    """Celery's form: every Sentinel, separated by `;`, the database on each (kombu and Celery
-    read it from the first)."""
-    return ";".join(f"sentinel://{host}:{port}/{db}" for port in ports)
+def sentinel_url(sentinels: list[tuple[str, int]], db: int) -> str:
+    """Celery's form: every Sentinel ("host", port), separated by `;`, the database on each
+    (kombu and Celery read it from the first)."""
+    return ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
 
 
 def ask_master(sentinels: list[tuple[str, int]], master_name: str = MASTER_NAME,
@@ -114,7 +119,8 @@ def role_arguments(me: tuple[str, int], sentinels: list[tuple[str, int]], *,
     return ["--replicaof", master[0], str(master[1])]
 
 
-def _address(text: str) -> tuple[str, int]:
+def host_port(text: str) -> tuple[str, int]:
+    """("host", port) of "host:port"."""
     host, _, port = text.rpartition(":")
     return host, int(port)
 
@@ -124,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     -- redis-server ARGS`: execs redis-server in the role the Sentinels give this node (so
     supervisor's pid is redis-server's)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--me", type=_address, required=True, help="this node's address")
+    parser.add_argument("--me", type=host_port, required=True, help="this node's address")
     parser.add_argument("--sentinels", required=True, help="comma-separated H:P")
-    parser.add_argument("--replica-of", type=_address, default=None,
+    parser.add_argument("--replica-of", type=host_port, default=None,
                         help="the master to follow when no Sentinel answers")
     parser.add_argument("--master-name", default=MASTER_NAME)
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("the redis-server command line is missing")
-    sentinels = [_address(text) for text in args.sentinels.split(",")]
+    sentinels = [host_port(text) for text in args.sentinels.split(",")]
     role = role_arguments(args.me, sentinels, replica_of=args.replica_of,
                           master_name=args.master_name)
     print(f"queue node {args.me[0]}:{args.me[1]}: "

@@ -24,6 +24,14 @@ CELERY_CONFIG_FILE = PROJECT_ROOT / "conf" / "celeryconfig.py"
 # How long to wait on one Sentinel before asking the next: a Sentinel on a host that is cut
 # off must not hold a publish for Celery's default of no timeout at all.
 SENTINEL_TIMEOUT_SECONDS = 1.0
+# A master whose host is cut off never closes its connections: without a timeout, a publish, a
+# worker's heartbeat or a result written on one waits forever (kombu's and redis-py's default;
+# Celery's results wait 120 s), and a worker's event loop with it. Far above the queue's
+# slowest answer, an fsync'd write. The failover tested in the lab: tests/lab/test_lab.py.
+MASTER_TIMEOUT_SECONDS = 2.0
+# kombu drops a worker's BRPOP connection whose reply is this overdue, and redis-py PINGs a
+# connection idle this long before using it again (kombu's default: 25 s).
+MASTER_HEALTH_CHECK_SECONDS = 5
 # What publishing a job raises when the broker cannot be reached (kombu wraps redis-py's
 # errors in OperationalError, but not on every path).
 PUBLISH_FAILURES = (KombuError, RedisError, OSError)
@@ -61,6 +69,10 @@ def make_celery(settings: Settings, *, results: bool = False) -> Celery:
                         (settings.result_backend, "result_backend_transport_options")):
         if is_sentinel_url(url):
             app.conf[option] = {**getattr(config, option), **sentinel_options(settings)}
+    if results and is_sentinel_url(settings.result_backend):
+        # Celery's result backend reads its timeouts from these settings, not the options.
+        app.conf.redis_socket_timeout = MASTER_TIMEOUT_SECONDS
+        app.conf.redis_socket_connect_timeout = MASTER_TIMEOUT_SECONDS
     return app
 
 
@@ -68,7 +80,9 @@ def sentinel_options(settings: Settings) -> dict[str, object]:
     """Transport options of a queue whose master the Sentinels name."""
     timeouts = {"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
                 "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS}
-    return {"master_name": settings.broker_master_name, "sentinel_kwargs": timeouts}
+    return {"master_name": settings.broker_master_name, "sentinel_kwargs": timeouts,
+            "socket_timeout": MASTER_TIMEOUT_SECONDS,
+            "health_check_interval": MASTER_HEALTH_CHECK_SECONDS}
 
 
 def publish(app: Celery, task_name: str, job_id: str) -> None:

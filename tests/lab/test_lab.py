@@ -158,7 +158,10 @@ def test_every_process_runs_in_its_host_and_binds_its_address(lab):
                                  f"{lab.host('edge').address}:80"]
     assert listening["app1"] == [f"{lab.host('app1').address}:8001"]
     assert listening["db2"] == [f"{lab.host('db2').address}:27017"]
-    for name in ("app1", "db1", "edge", "queue"):
+    for name in ("cache", "queue1", "queue2"):
+        assert listening[name] == sorted(f"{lab.host(name).address}:{port}"
+                                         for port in ("26379", "6379"))
+    for name in ("app1", "db1", "edge", "queue1"):
         host_ns = os.stat(netns.NETNS_DIR / lab.host(name).netns).st_ino
         pids = netns.pids(lab.host(name).netns)
         assert pids
@@ -508,6 +511,134 @@ def test_a_worker_host_cut_mid_import_finishes_it_on_the_other_once(lab, client)
     assert len(contents) == len(set(contents)) == count
     print(f"\n{worker} cut at {cut_progress:,} of {count:,} rows; the import done on the other "
           f"host {done_after:.1f}s after the cut")
+
+
+# -- the job queue's master cut off ------------------------------------------------------------
+def queue_report(lab: Lab) -> dict[str, str]:
+    """The queue's master as the Sentinels name it, and each node's role, from the client host."""
+    return commands.run_inside(lab, "queue", 10.0)
+
+
+def switch_master_at(lab: Lab, hosts: list[str]) -> float:
+    """When (wall clock) the first of these hosts' Sentinels logged the new master."""
+    times = []
+    for name in hosts:
+        for line in lab.path(name, "log", "sentinel_26379.log").read_text().splitlines():
+            if "+switch-master" in line:  # "pid:X 01 Dec 2026 11:45:21.465 # +switch-master"
+                stamp = " ".join(line.split()[1:5])
+                times.append(time.mktime(time.strptime(stamp.split(".")[0],
+                                                       "%d %b %Y %H:%M:%S"))
+                             + float("0." + stamp.split(".")[1]))
+    assert times, f"no Sentinel of {hosts} switched the master"
+    return max(times)
+
+
+def imported_counts(lab: Lab) -> dict[str, int]:
+    """Job id -> how many times a worker of either app host imported it."""
+    counts: dict[str, int] = {}
+    for name in ("app1", "app2"):
+        for line in lab.path(name, "log", "celery.log").read_text().splitlines():
+            if ": imported " in line and "] job " in line:
+                job_id = line.split("] job ", 1)[1].split(":", 1)[0]
+                counts[job_id] = counts.get(job_id, 0) + 1
+    return counts
+
+
+def test_the_queue_master_cut_off_fails_over_and_every_accepted_job_runs_once(lab, client):
+    """The Sentinels on the two other hosts promote the replica; the instances and workers
+    find it by themselves; every job answered 202 runs once; the old master comes back as a
+    replica. (A POST answered 504 by the edge while its instance still publishes the job runs
+    at most once: docs/lab.md.)"""
+    report = commands.wait_queue_ready(lab, 30)
+    by_address = {f"{host.address}:6379": name for name, host in lab.hosts.items()}
+    old = by_address[report["queue master"].split()[0]]
+    new = next(name for name in ("queue1", "queue2") if name != old)
+    token = client.register("lab_queue")
+    rows: dict[str, list[str]] = {}  # job id -> its rows' contents
+
+    def submit(tag: str, count: int) -> tuple[int | str, str | None]:
+        contents = [f"{tag} row {i}" for i in range(count)]
+        try:
+            status, _, job = client.request("POST", "/jobs", form(csv_file(
+                [[content, "false"] for content in contents])), token, MULTIPART)
+        except OSError as exc:
+            return repr(exc), None
+        job_id = job["id"] if status == 202 else None
+        if job_id:
+            rows[job_id] = contents
+        return status, job_id
+
+    accepted = [submit(f"before {k}", 5000)[1] for k in range(6)]
+    assert all(accepted)
+    deadline = time.monotonic() + 30
+    while client.request("GET", f"/jobs/{accepted[0]}", token=token)[2]["status"] == "queued":
+        assert time.monotonic() < deadline, "no job started"
+        time.sleep(0.05)
+    states = [client.request("GET", f"/jobs/{job_id}", token=token)[2]["status"]
+              for job_id in accepted]
+    assert {"running", "queued"} <= set(states), states
+
+    cut_at, cut_wall = time.monotonic(), time.time()
+    set_link(lab, old, "down")
+    answers: list[tuple[float, int | str]] = []
+    try:
+        # Jobs keep coming: refused (503/504) until an instance finds the new master.
+        while sum(status == 202 for _, status in answers) < 3:
+            assert time.monotonic() - cut_at < 40, f"no instance found a new master: {answers}"
+            status, _ = submit(f"during {len(answers)}", 200)
+            answers.append((time.monotonic() - cut_at, status))
+            time.sleep(0.3)
+        report = queue_report(lab)
+        promoted = switch_master_at(lab, [new, "cache"]) - cut_wall
+        assert report["queue master"].startswith(f"{lab.host(new).address}:6379 (named by 2"), \
+            report
+        assert report[f"queue node {lab.host(new).address}:6379"] == "master", report
+        # Every job answered 202 runs, on the workers that found the new master by themselves.
+        for job_id in rows:
+            while (job := client.request("GET", f"/jobs/{job_id}", token=token)[2])["status"] \
+                    in ("queued", "running"):
+                assert time.monotonic() - cut_at < 60, f"not done 60 s after the cut: {job}"
+                time.sleep(0.3)
+            assert job["status"] == "done", job
+            assert job["result"]["imported"] + job["result"]["duplicates"] == len(rows[job_id])
+        all_done = time.monotonic() - cut_at
+    finally:
+        set_link(lab, old, "up")
+        restored_at = time.monotonic()
+
+    # The old master rejoins as the new master's replica: never a second master.
+    deadline = time.monotonic() + 30
+    while f"replica of {lab.host(new).address}:6379 (connected)" != (
+            report := queue_report(lab))[f"queue node {lab.host(old).address}:6379"]:
+        assert time.monotonic() < deadline, f"{old} not a replica 30 s after: {report}"
+        time.sleep(0.5)
+    rejoined = time.monotonic() - restored_at
+    assert report["queue master"].startswith(f"{lab.host(new).address}:6379 (named by 3 of 3")
+    assert list(report.values()).count("master") == 1, report
+    status, job_id = submit("after", 100)
+    assert status == 202
+
+    # Exactly once: each job imported by one worker once, each row there once.
+    deadline = time.monotonic() + 30
+    while client.request("GET", f"/jobs/{job_id}", token=token)[2]["status"] != "done":
+        assert time.monotonic() < deadline, "the job after the rejoin did not run"
+        time.sleep(0.3)
+    counts = imported_counts(lab)
+    assert {job: counts.get(job, 0) for job in rows} == {job: 1 for job in rows}
+    # Any job of the user (those refused included, at most 20 here): done once or never run.
+    every_job = client.request("GET", "/jobs", token=token)[2]["data"]
+    assert len(every_job) < 20
+    assert all(counts.get(job["id"], 0) == (job["status"] == "done") for job in every_job), (
+        [(job["id"], job["status"], counts.get(job["id"])) for job in every_job])
+    contents = every_content(lab, client, token)
+    assert len(contents) == len(set(contents))
+    assert set(contents) >= {content for job_rows in rows.values() for content in job_rows}
+    refused = [(round(when, 1), status) for when, status in answers if status != 202]
+    first = next(when for when, status in answers if status == 202)
+    print(f"\n{old} cut: replica on {new} promoted {promoted:.1f}s after the cut; POST /jobs "
+          f"refused {refused}, then accepted from {first:.1f}s; {len(rows)} jobs accepted, "
+          f"all done {all_done:.1f}s after the cut, each imported once; {old} a replica "
+          f"{rejoined:.1f}s after its link came back")
 
 
 def every_content(lab: Lab, client: Client, token: str, *,

@@ -56,7 +56,7 @@ class SentinelQueue:
         return [(HOST, server.port) for server in self.sentinels]
 
     def url(self, db: int) -> str:
-        return sentinel.sentinel_url([server.port for server in self.sentinels], db)
+        return sentinel.sentinel_url(self.addresses, db)
 
     def named_master(self) -> tuple[str, int] | None:
         return sentinel.ask_master(self.addresses)[0]
@@ -137,6 +137,10 @@ def test_celery_asks_the_sentinels_for_the_master_by_its_name(settings):
         assert app.conf[option]["master_name"] == sentinel.MASTER_NAME
         assert app.conf[option]["sentinel_kwargs"]["socket_timeout"] == 1.0
         assert app.conf[option]["visibility_timeout"] == 3600  # conf/celeryconfig.py's, kept
+    # A master cut off never closes its connections: nothing waits on one for ever.
+    assert app.conf.broker_transport_options["socket_timeout"] == queue.MASTER_TIMEOUT_SECONDS
+    assert app.conf.broker_transport_options["health_check_interval"] == 5
+    assert app.conf.redis_socket_timeout == queue.MASTER_TIMEOUT_SECONDS
 
 
 async def export(api, token) -> str:
