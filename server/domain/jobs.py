@@ -120,14 +120,17 @@ class JobStore:
         try:
             await queue.enqueue(self.celery, TASKS[kind], str(doc["_id"]))
         except queue.PUBLISH_FAILURES:
+            # Only while still queued: a worker claims a queued job only (so a message that
+            # got through after all never runs it), and one it claimed went through.
             failed = await self.collection.find_one_and_update(
-                {"_id": doc["_id"]},
+                {"_id": doc["_id"], "status": QUEUED},
                 {"$set": {"status": FAILED, "error": QUEUE_UNAVAILABLE,
                           "updated_at": utc_now()}},
                 return_document=ReturnDocument.AFTER,
             )
-            if failed is not None:
-                await self.events.job(owner, public_job(failed))
+            if failed is None:
+                return public_job(await self._find(owner, doc["_id"]))
+            await self.events.job(owner, public_job(failed))
             raise ServiceUnavailable(QUEUE_UNAVAILABLE) from None
         return public_job(doc)
 

@@ -32,6 +32,11 @@ MASTER_TIMEOUT_SECONDS = 2.0
 # kombu drops a worker's BRPOP connection whose reply is this overdue, and redis-py PINGs a
 # connection idle this long before using it again (kombu's default: 25 s).
 MASTER_HEALTH_CHECK_SECONDS = 5
+# How long a request waits for its job's publish. Celery's retries, each bounded by
+# MASTER_TIMEOUT_SECONDS and a Sentinel lookup, add up to ~16 s while a master's host is cut off
+# (measured in the lab), and the lab's edge gives up on an instance after 5 s with a 504 while
+# the job may still be published: the client cannot tell. Answered by then, it gets a 503.
+PUBLISH_DEADLINE_SECONDS = 3.0
 # What publishing a job raises when the broker cannot be reached (kombu wraps redis-py's
 # errors in OperationalError, but not on every path).
 PUBLISH_FAILURES = (KombuError, RedisError, OSError)
@@ -95,7 +100,10 @@ async def enqueue(app: Celery, task_name: str, job_id: str) -> None:
     """Publish a job for the workers. Celery talks to Redis synchronously: the call runs in
     the default executor so that the event loop never waits on the broker."""
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, partial(publish, app, task_name, job_id))
+    publishing = loop.run_in_executor(None, partial(publish, app, task_name, job_id))
+    # A TimeoutError (an OSError, so one of PUBLISH_FAILURES): the caller answers 503 in time
+    # and makes sure the job never runs, though the thread may still publish it.
+    await asyncio.wait_for(publishing, PUBLISH_DEADLINE_SECONDS)
 
 
 async def close(app: Celery) -> None:
