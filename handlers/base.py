@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from types import TracebackType
@@ -64,6 +65,9 @@ class APIHandler(RequestHandler):
     shed = False
 
     def initialize(self) -> None:
+        # Its headers are in: any write acknowledged to this client came before (see
+        # PageCache._load_once, which shares only a load started after this).
+        self.arrived_at = time.monotonic()
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._tracked = True

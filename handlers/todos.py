@@ -24,7 +24,7 @@ class TodoListHandler(APIHandler):
         """The caller's todos, newest first, with a link to the next page."""
         query = validation.list_query(self.request.query_arguments)
         page = await self.todos.list_page(
-            owner=self.user_id, query=query, read=self.redis_read
+            owner=self.user_id, query=query, read=self.redis_read, asked_at=self.arrived_at
         )
         next_link = json.dumps(self._next_link(query, page.next_cursor)).encode()
         # The page is already JSON (as cached): wrap it rather than decode and encode it again.

@@ -238,16 +238,19 @@ class TodoStore:
         return self.cache.read_keys(str(owner))
 
     async def list_page(
-        self, *, owner: ObjectId, query: ListQuery, read: Sequence[Any] | None = None
+        self, *, owner: ObjectId, query: ListQuery, read: Sequence[Any] | None = None,
+        asked_at: float | None = None,
     ) -> Page:
         """A page newest first; the first page of the default query comes from the cache.
 
         `read`: the values of first_page_keys(owner), when already read from Redis.
+        `asked_at`: when the request arrived (time.monotonic()), see PageCache.get_or_load.
         """
         if query.is_default:
             try:
                 raw = await self.cache.get_or_load(
-                    str(owner), lambda: self._load_page(owner, query, self.collection), read
+                    str(owner), lambda: self._load_page(owner, query, self.collection), read,
+                    asked_at,
                 )
             except AutoReconnect:  # no primary (an election): answered, but never cached
                 raw = await self._load_page(owner, query, self.answerable)

@@ -98,7 +98,8 @@ class PageCache:
         self._release_lock = guard.client.register_script(RELEASE_LOCK)
         self._distrusted = False
         self._drop_pages = UntilDone(guard, self.drop_all_pages)
-        self._loading: dict[str, asyncio.Future[bytes]] = {}
+        # Per owner: the load under way in this instance, and when it started (monotonic).
+        self._loading: dict[str, tuple[float, asyncio.Future[bytes]]] = {}
         guard.on_recovery(self._distrust_redis)
 
     def _keys(self, owner: str) -> tuple[str, str, str]:
@@ -117,12 +118,15 @@ class PageCache:
         owner: str,
         load: Callable[[], Awaitable[bytes]],
         read: Sequence[Any] | None = None,
+        asked_at: float | None = None,
     ) -> bytes:
         """The cached page of `owner`, loading it with `load()` at most once per miss.
 
         `read`: the values of read_keys(owner), if the caller already fetched them from
         Redis in this request: a fresh page there is served without another round trip.
+        `asked_at`: when the request arrived (time.monotonic()); by default, now.
         """
+        asked_at = time.monotonic() if asked_at is None else asked_at
         page_key, version_key, lock_key = self._keys(owner)
         if read is not None and read[0] is not None and not self._distrusted:
             fresh_until, page = _unwrap(_as_bytes(read[0]))
@@ -131,46 +135,60 @@ class PageCache:
                 return page
         # A miss or a stale page is decided on a read made here, just before taking the lock:
         # an older read could let a second request reload a page the first just stored.
-        for _attempt in range(3):
-            found = await self.guard.run(lambda r: r.mget(page_key, version_key), default=None)
-            if found is None or self._distrusted:
-                return await self._load_once(owner, load)
-            stored, raw_version = found
-            version = _as_bytes(raw_version or b"")
-            if stored is not None:
-                fresh_until, page = _unwrap(_as_bytes(stored))
-                if time.time() * 1000 < fresh_until:
-                    self.hits += 1
-                    return page
-                # Past its freshness: one request reloads it, the others get this previous
-                # copy meanwhile. It is still the latest (a write would have deleted it), so
-                # this keeps read-your-writes.
-                token = secrets.token_hex(8)
-                if await self._lock(lock_key, token):
-                    return await self._reload_unless_stored(owner, load, version, token)
+        found = await self.guard.read_many((page_key, version_key))
+        if found is None or self._distrusted:
+            return await self._load_once(owner, load, asked_at)
+        stored, raw_version = found
+        version = _as_bytes(raw_version or b"")
+        if stored is not None:
+            fresh_until, page = _unwrap(_as_bytes(stored))
+            if time.time() * 1000 < fresh_until:
                 self.hits += 1
                 return page
-            self.misses += 1
+            # Past its freshness: one request reloads it, the others get this previous
+            # copy meanwhile. It is still the latest (a write would have deleted it), so
+            # this keeps read-your-writes.
             token = secrets.token_hex(8)
-            locked = await self._lock(lock_key, token)
-            if locked is None:
-                return await self._load_once(owner, load)
-            if locked:
+            if await self._lock(lock_key, token):
                 return await self._reload_unless_stored(owner, load, version, token)
-            waited = await self._wait_for_page(page_key, lock_key)
-            if waited is not None:
-                self.hits += 1
-                return waited
-        return await self._load_once(owner, load)
+            self.hits += 1
+            return page
+        self.misses += 1
+        token = secrets.token_hex(8)
+        locked = await self._lock(lock_key, token)
+        if locked is None:
+            return await self._load_once(owner, load, asked_at)
+        if locked:
+            return await self._reload_unless_stored(owner, load, version, token)
+        waited = await self._wait_for_page(page_key, lock_key)
+        if waited is not None:
+            self.hits += 1
+            return waited
+        # The loader stored nothing: a write came while it loaded (so its page may miss that
+        # write) or it failed. Under a stream of writes, waiting for the next loader would
+        # end the same way, a load's time later each round: load now instead.
+        return await self._load_once(owner, load, asked_at)
 
-    async def _load_once(self, owner: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def _load_once(
+        self, owner: str, load: Callable[[], Awaitable[bytes]], asked_at: float
+    ) -> bytes:
         """`load()`, shared by every request of this instance that wants it meanwhile: without
-        Redis to coordinate, a burst still costs MongoDB one query per instance, not one each."""
-        pending = self._loading.get(owner)
-        if pending is None:
-            pending = asyncio.ensure_future(load())
-            self._loading[owner] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(owner, None))
+        Redis to coordinate, a burst still costs MongoDB one query per instance, not one each.
+
+        Only a load that started after this request asked (`asked_at`) is shared with it: one
+        started before may have read MongoDB before a write acknowledged to this client."""
+        loading = self._loading.get(owner)
+        if loading is not None and loading[0] >= asked_at:
+            return await asyncio.shield(loading[1])
+        started_at = time.monotonic()
+        pending = asyncio.ensure_future(load())
+        self._loading[owner] = (started_at, pending)
+
+        def forget(_: asyncio.Future[bytes]) -> None:
+            if self._loading.get(owner, (0.0, None))[1] is pending:
+                del self._loading[owner]
+
+        pending.add_done_callback(forget)
         return await asyncio.shield(pending)
 
     async def _lock(self, lock_key: str, token: str) -> bool | None:
@@ -231,21 +249,28 @@ class PageCache:
             )
 
     async def _wait_for_page(self, page_key: str, lock_key: str) -> bytes | None:
-        """The page another request is loading, or None once its lock is gone without one."""
+        """The page another request is loading, or None once that request's lock is gone
+        without one.
+
+        Only the loader first seen is waited for: under a stream of writes each loader's page
+        is refused (a write came while it loaded) and the next reader takes the lock at once,
+        so a waiter that waited for any lock at all would wait for its whole deadline."""
         deadline = time.monotonic() + self.lock_ttl
         interval = self.poll_interval
+        holder = None
         while time.monotonic() < deadline:
             await asyncio.sleep(interval)
             # Back off: a crowd of waiters must not turn into a flood of Redis reads.
             interval = min(interval * 2, MAX_POLL_INTERVAL)
-            found = await self.guard.run(lambda r: r.mget(page_key, lock_key), default=None)
+            found = await self.guard.read_many((page_key, lock_key))
             if found is None:
                 return None
             stored, lock = found
             if stored is not None:
                 return _unwrap(_as_bytes(stored))[1]
-            if lock is None:
+            if lock is None or (holder is not None and lock != holder):
                 return None
+            holder = lock
         return None
 
     @property

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from server.infra.cache import first_page_keys
 from tests.conftest import QueryCounter, another_instance
 
 # Run against one instance and through nginx (tests/conftest.py).
@@ -181,3 +182,41 @@ async def test_a_page_loaded_before_a_write_is_never_stored_after_it(services):
     assert await cache.get_or_load("racer", fresh_load) == b"fresh page"
     assert await cache.get_or_load("racer", fresh_load) == b"fresh page"
     assert loads == ["slow", "fresh"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_load_is_shared_only_with_readers_that_asked_before_it_started(services):
+    """Readers that cannot use Redis (here: another holds the lock and stores nothing) share
+    one load per instance, but never one that began before they asked: it may have read
+    MongoDB before a write acknowledged to their client."""
+    cache = services.cache
+    client = services.redis.client
+    _page_key, _version_key, lock_key = first_page_keys(services.settings.redis_prefix, "sharer")
+    loads: list[str] = []
+    began = [asyncio.Event(), asyncio.Event()]  # the first load, the second
+    release = asyncio.Event()
+
+    def loading(name: str):
+        async def load() -> bytes:
+            loads.append(name)
+            began[min(len(loads), 2) - 1].set()
+            await release.wait()
+            return name.encode()
+        return load
+
+    # Another instance's loader holds the lock for 0.3 s and stores nothing (as when a write
+    # lands while it loads): the waiters then load themselves.
+    await client.set(lock_key, b"another instance", px=300)
+    first = asyncio.ensure_future(cache.get_or_load("sharer", loading("first")))
+    burst = asyncio.ensure_future(cache.get_or_load("sharer", loading("burst")))
+    await began[0].wait()
+    # The same again for a reader who asks once those loads are under way.
+    await client.set(lock_key, b"another instance", px=300)
+    later = asyncio.ensure_future(cache.get_or_load("sharer", loading("later")))
+    await began[1].wait()
+    release.set()
+    assert len(loads) == 2
+    assert loads[1] == "later"
+    # The burst asked before the first load began: they share it, whichever started it.
+    assert await first == await burst == loads[0].encode()
+    assert await later == b"later"  # asked after: a load of its own
