@@ -43,11 +43,13 @@ def mongo_client(settings: Settings, **options: Any) -> AsyncMongoClient[dict[st
     )
 
 
-# A Redis round trip takes well under a millisecond, so 128 connections carry far more than an
+# A Redis round trip takes well under a millisecond, so 32 connections carry far more than an
 # instance's requests a second; past them a request waits in the loop for one (not counted
-# against redis_timeout). Measured at -c 1000 against 512: as fast or faster, and each
-# instance about 5 MB smaller (every idle connection is kept for good).
-REDIS_POOL_SIZE = 128
+# against redis_timeout). Every request's read goes over the pipelined connection
+# (server/infra/redis_pipeline.py); the pool carries writes, locks and the cache's loads. Each
+# idle connection is kept for good: 512 made each instance 5 MB larger than 128 did, and no
+# faster at -c 1000.
+REDIS_POOL_SIZE = 32
 
 
 def redis_client(settings: Settings) -> Redis:
