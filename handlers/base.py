@@ -7,16 +7,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from types import TracebackType
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from server.domain.errors import ApiError, NotFound, PayloadTooLarge, ServiceUnavailable
+from server.domain.errors import (
+    DATABASE_UNAVAILABLE,
+    ApiError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    database_unavailable,
+)
 from server.domain.jobs import JobStore
 from server.domain.todos import TodoStore
 from server.domain.tokens import Principal
@@ -28,30 +35,16 @@ from server.web.services import Services
 from . import cookies
 
 log = logging.getLogger("todo.api")
-DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
 OVERLOADED = "server busy, try again shortly"
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away
 
 
-def database_unavailable(exc: BaseException | None) -> bool:
-    """MongoDB could not be reached or did not answer in time: a 503, not a 500."""
-    return isinstance(exc, ConnectionFailure) or (
-        isinstance(exc, PyMongoError) and exc.timeout
-    )
-
-
-_IMPLEMENTED: dict[type[RequestHandler], tuple[str, ...]] = {}
-
-
+@cache  # once per class, not on every request's method check
 def _implemented_methods(handler: type[RequestHandler]) -> tuple[str, ...]:
-    # Once per class, not on every request's method check.
-    methods = _IMPLEMENTED.get(handler)
-    if methods is None:
-        methods = _IMPLEMENTED[handler] = tuple(
-            method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if getattr(handler, method.lower()) is not getattr(RequestHandler, method.lower())
-        )
-    return methods
+    return tuple(
+        method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if getattr(handler, method.lower()) is not getattr(RequestHandler, method.lower())
+    )
 
 
 @stream_request_body
@@ -135,8 +128,7 @@ class APIHandler(RequestHandler):
     # Reads whose client has gone are cancelled (see on_connection_close).
     cancel_when_abandoned = frozenset({"GET", "HEAD"})
     _task: asyncio.Task[Any] | None = None
-    # Cancelled because the client left: Tornado then "sends" a 500 to nobody. It is logged
-    # and counted as nginx's 499 (client closed request) instead: no server error happened.
+    # Cancelled so: Tornado "sends" a 500 to nobody, logged and counted as nginx's 499 instead.
     abandoned = False
 
     async def prepare(self) -> None:

@@ -19,7 +19,7 @@ from redis import Redis
 
 from scripts.stack.config import StackConfig, StackError
 from server.domain.todos import new_todo
-from server.infra.cache import VERSION_TTL, first_page_keys, new_version
+from server.infra.cache_keys import VERSION_TTL, first_page_keys, new_version
 from server.infra.clock import utc_now
 from server.infra.settings import Settings
 

@@ -1,5 +1,16 @@
 """Domain errors. Each carries the HTTP status that the API base handler answers with."""
 
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+DATABASE_UNAVAILABLE = "database unavailable, try again shortly"
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """MongoDB could not be reached or did not answer in time: a 503, not a 500."""
+    return isinstance(exc, ConnectionFailure) or (
+        isinstance(exc, PyMongoError) and exc.timeout
+    )
+
 
 class ApiError(Exception):
     status = 500

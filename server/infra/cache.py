@@ -22,6 +22,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from server.infra.cache_keys import (
+    VERSION_TTL,
+    as_bytes,
+    first_page_keys,
+    new_version,
+    unwrap,
+    wrap,
+)
 from server.infra.redis_guard import RedisGuard, UntilDone
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,6 @@ RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-VERSION_TTL = 86400
 MAX_POLL_INTERVAL = 0.05
 TTL_JITTER = 0.2
 
@@ -51,31 +58,6 @@ async def _batches(keys: AsyncIterator[Any], size: int = 500) -> AsyncIterator[l
             batch = []
     if batch:
         yield batch
-
-
-def first_page_keys(prefix: str, owner: str) -> tuple[str, str, str]:
-    """The page, version and lock keys of `owner`'s first page (the workers use them too)."""
-    return f"{prefix}page:{owner}", f"{prefix}version:{owner}", f"{prefix}lock:{owner}"
-
-
-def new_version() -> str:
-    # A random version, unlike a counter, cannot come round to an old value again (after a
-    # Redis restart or the key's expiry) and revive an outdated page.
-    return secrets.token_hex(8)
-
-
-def _wrap(page: bytes, *, fresh_until: int) -> bytes:
-    return b"%d|%b" % (fresh_until, page)
-
-
-def _unwrap(stored: bytes) -> tuple[int, bytes]:
-    """(fresh until, in ms since the epoch; the page) of a stored value."""
-    fresh_until, _, page = stored.partition(b"|")
-    return int(fresh_until), page
-
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
 
 
 class PageCache:
@@ -129,7 +111,7 @@ class PageCache:
         asked_at = time.monotonic() if asked_at is None else asked_at
         page_key, version_key, lock_key = self._keys(owner)
         if read is not None and read[0] is not None and not self._distrusted:
-            fresh_until, page = _unwrap(_as_bytes(read[0]))
+            fresh_until, page = unwrap(as_bytes(read[0]))
             if time.time() * 1000 < fresh_until:
                 self.hits += 1
                 return page
@@ -139,9 +121,9 @@ class PageCache:
         if found is None or self._distrusted:
             return await self._load_once(owner, load, asked_at)
         stored, raw_version = found
-        version = _as_bytes(raw_version or b"")
+        version = as_bytes(raw_version or b"")
         if stored is not None:
-            fresh_until, page = _unwrap(_as_bytes(stored))
+            fresh_until, page = unwrap(as_bytes(stored))
             if time.time() * 1000 < fresh_until:
                 self.hits += 1
                 return page
@@ -213,7 +195,7 @@ class PageCache:
         stored = await self.guard.run(lambda r: r.get(page_key), default=None)
         if stored is None:
             return None
-        fresh_until, page = _unwrap(_as_bytes(stored))
+        fresh_until, page = unwrap(as_bytes(stored))
         if time.time() * 1000 >= fresh_until:
             return None
         await self.guard.run(
@@ -234,7 +216,7 @@ class PageCache:
             page = await load()
             fresh_ms = self._jittered_ttl_ms()
             # Kept past its freshness for as long again, to be served while being reloaded.
-            stored = _wrap(page, fresh_until=int(time.time() * 1000) + fresh_ms)
+            stored = wrap(page, fresh_until=int(time.time() * 1000) + fresh_ms)
             await self.guard.run(
                 lambda r: self._set_if_version(
                     keys=[page_key, version_key], args=[version, stored, 2 * fresh_ms], client=r
@@ -267,7 +249,7 @@ class PageCache:
                 return None
             stored, lock = found
             if stored is not None:
-                return _unwrap(_as_bytes(stored))[1]
+                return unwrap(as_bytes(stored))[1]
             if lock is None or (holder is not None and lock != holder):
                 return None
             holder = lock

@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.domain import jobs
 from server.infra import notifications
-from server.infra.cache import VERSION_TTL, first_page_keys, new_version
+from server.infra.cache_keys import VERSION_TTL, first_page_keys, new_version
 from server.infra.settings import Settings
 from server.worker import exporting, importing
 from server.worker.clients import WorkerClients

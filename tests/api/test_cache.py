@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from server.infra.cache import first_page_keys
+from server.infra.cache_keys import first_page_keys
 from tests.conftest import QueryCounter, another_instance
 
 # Run against one instance and through nginx (tests/conftest.py).
