@@ -123,7 +123,7 @@ class APIHandler(RequestHandler):
     @classmethod
     def allowed_methods(cls) -> tuple[str, ...]:
         """The HTTP methods this handler implements (for 405 and its Allow header)."""
-        return _implemented_methods(cls)
+        return _implemented_methods(cls)  # type: ignore[arg-type]  # classes are hashable
 
     # Reads whose client has gone are cancelled (see on_connection_close).
     cancel_when_abandoned = frozenset({"GET", "HEAD"})
