@@ -31,7 +31,7 @@ from pymongo.errors import PyMongoError
 
 from scripts.create_indexes import create_indexes
 from scripts.local_services import alive, port_in_use
-from scripts.stack import replica_set
+from scripts.stack import replica_set, sentinel
 from scripts.stack.assets import AssetError, publish_webapp, unreachable_for_workers
 from scripts.stack.config import (
     DEFAULT_VAR,
@@ -151,6 +151,10 @@ def up(cfg: StackConfig, timeout: float = 90.0) -> None:
             raise StackError(str(exc)) from None
     create_indexes_when_ready(cfg, timeout)
     wait_for_http(f"{cfg.base_url}/readyz", timeout)
+    if cfg.queue_sentinels and not sentinel.wait_ready_to_fail_over(
+            cfg.sentinel_addresses, 1, timeout):
+        raise StackError("the job queue's Sentinels did not find its replica "
+                         f"within {timeout:.0f}s: see {cfg.path('log')}/sentinel_*.log")
     print_summary(supervisor)
 
 

@@ -98,6 +98,37 @@ def ask_master(sentinels: list[tuple[str, int]], master_name: str = MASTER_NAME,
     return master, failing_over
 
 
+def ready_to_fail_over(sentinels: list[tuple[str, int]], replicas: int,
+                       master_name: str = MASTER_NAME) -> bool:
+    """Whether every Sentinel knows the master, the other Sentinels and `replicas` replicas.
+
+    Sentinels learn of a replica from the master's INFO, every 10 s: a master lost before then
+    finds them with no replica to promote (`-failover-abort-no-good-slave`)."""
+    for host, port in sentinels:
+        try:
+            with redis.Redis(host, port, socket_timeout=ASK_TIMEOUT_SECONDS,
+                             socket_connect_timeout=ASK_TIMEOUT_SECONDS,
+                             decode_responses=True) as sentinel:
+                state = sentinel.sentinel_master(master_name)
+        except (RedisError, OSError):
+            return False
+        if (int(state["num-slaves"]) < replicas
+                or int(state["num-other-sentinels"]) < len(sentinels) - 1):
+            return False
+    return True
+
+
+def wait_ready_to_fail_over(sentinels: list[tuple[str, int]], replicas: int,
+                            timeout: float) -> bool:
+    """ready_to_fail_over, asked every 0.2 s for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready_to_fail_over(sentinels, replicas):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def role_arguments(me: tuple[str, int], sentinels: list[tuple[str, int]], *,
                    replica_of: tuple[str, int] | None, master_name: str = MASTER_NAME,
                    wait: float = SENTINEL_WAIT_SECONDS) -> list[str]:

@@ -70,6 +70,8 @@ def test_the_instances_and_the_worker_ask_the_sentinels_for_the_queue(cfg):
         assert states[program] == "RUNNING", states
     assert named_master(cfg) == cfg.broker_port
     assert (role(cfg.broker_port), role(cfg.broker_replica_port)) == ("master", "slave")
+    # `up` returned only once every Sentinel knew the replica: a failover has one to promote.
+    assert sentinel.ready_to_fail_over(cfg.sentinel_addresses, 1)
 
 
 async def export(api: Api, token: str) -> str:
