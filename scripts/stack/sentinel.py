@@ -27,6 +27,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.exceptions import RedisError
@@ -79,19 +80,29 @@ def sentinel_url(sentinels: list[tuple[str, int]], db: int) -> str:
     return ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
 
 
+def master_state(sentinel: tuple[str, int], master_name: str = MASTER_NAME,
+                 ) -> dict[str, Any] | None:
+    """What one Sentinel says of the master (SENTINEL MASTER), or None if it does not answer."""
+    host, port = sentinel
+    try:
+        with redis.Redis(host, port, socket_timeout=ASK_TIMEOUT_SECONDS,
+                         socket_connect_timeout=ASK_TIMEOUT_SECONDS,
+                         decode_responses=True) as client:
+            state: dict[str, Any] = client.sentinel_master(master_name)
+    except (RedisError, OSError):
+        return None
+    return state
+
+
 def ask_master(sentinels: list[tuple[str, int]], master_name: str = MASTER_NAME,
                ) -> tuple[tuple[str, int] | None, bool]:
     """The master the first Sentinel to answer names, and whether any Sentinel is in the midst
     of a failover (its answer may be about to change). (None, False): no Sentinel answered."""
     master: tuple[str, int] | None = None
     failing_over = False
-    for host, port in sentinels:
-        try:
-            with redis.Redis(host, port, socket_timeout=ASK_TIMEOUT_SECONDS,
-                             socket_connect_timeout=ASK_TIMEOUT_SECONDS,
-                             decode_responses=True) as sentinel:
-                state = sentinel.sentinel_master(master_name)
-        except (RedisError, OSError):
+    for address in sentinels:
+        state = master_state(address, master_name)
+        if state is None:
             continue
         master = master or (state["ip"], int(state["port"]))
         failing_over = failing_over or "failover_in_progress" in state["flags"]
@@ -104,13 +115,9 @@ def ready_to_fail_over(sentinels: list[tuple[str, int]], replicas: int,
 
     Sentinels learn of a replica from the master's INFO, every 10 s: a master lost before then
     finds them with no replica to promote (`-failover-abort-no-good-slave`)."""
-    for host, port in sentinels:
-        try:
-            with redis.Redis(host, port, socket_timeout=ASK_TIMEOUT_SECONDS,
-                             socket_connect_timeout=ASK_TIMEOUT_SECONDS,
-                             decode_responses=True) as sentinel:
-                state = sentinel.sentinel_master(master_name)
-        except (RedisError, OSError):
+    for address in sentinels:
+        state = master_state(address, master_name)
+        if state is None:
             return False
         if (int(state["num-slaves"]) < replicas
                 or int(state["num-other-sentinels"]) < len(sentinels) - 1):

@@ -162,15 +162,19 @@ class PipelinedReads:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
+
+        def protocol() -> _Connection:
+            return _Connection(self.timeout, self.on_lost)
+
         try:
             async with asyncio.timeout(self.timeout):
                 if "path" in self.options:
                     _, connection = await loop.create_unix_connection(
-                        lambda: _Connection(self.timeout, self.on_lost), self.options["path"])
+                        protocol, self.options["path"])
                 else:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self.timeout, self.on_lost),
-                        self.options.get("host", "localhost"), self.options.get("port", 6379))
+                        protocol, self.options.get("host", "localhost"),
+                        self.options.get("port", 6379))
                 try:
                     await self._handshake(connection)
                 except BaseException:
