@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import uvloop
 from pymongo import MongoClient, monitoring
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
@@ -55,8 +56,10 @@ TEST_SECRET = "test-secret-" + "x" * 40
 @pytest.fixture
 def io_loop() -> Iterator[IOLoop]:
     """Replaces pytest-tornado's fixture, whose deprecated clear_current() leaves a new
-    unclosed asyncio loop behind: one asyncio loop per test, closed and unset afterwards."""
-    asyncio_loop = asyncio.new_event_loop()
+    unclosed asyncio loop behind: one loop per test, closed and unset afterwards. It is uvloop,
+    as in the instances: a closed transport fails differently there (RuntimeError, not OSError:
+    server/infra/redis_connections.py)."""
+    asyncio_loop = uvloop.new_event_loop()
     asyncio.set_event_loop(asyncio_loop)
     loop = IOLoop.current()
     yield loop

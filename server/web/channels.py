@@ -16,6 +16,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from server.infra.redis_connections import reset_safe_client
 from server.infra.redis_guard import REDIS_FAILURES
 from server.infra.settings import Settings
 
@@ -50,12 +51,12 @@ class Channel:
 
 def pubsub_client(settings: Settings) -> Redis:
     """A connection of its own (never one of the request pool's): it blocks reading."""
-    return Redis.from_url(
+    return reset_safe_client(Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         retry=Retry(NoBackoff(), 0),  # the hub reconnects itself, and knows when it did
-    )
+    ))
 
 
 def channel_text(value: bytes | str) -> str:

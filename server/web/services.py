@@ -25,6 +25,7 @@ from server.infra import queue
 from server.infra.cache import PageCache
 from server.infra.mongo_options import mongo_options
 from server.infra.notifications import Publisher
+from server.infra.redis_connections import reset_safe
 from server.infra.redis_guard import RedisGuard
 from server.infra.redis_pipeline import PipelinedReads
 from server.infra.settings import Settings
@@ -65,7 +66,7 @@ def redis_client(settings: Settings) -> Redis:
         # No retries inside redis-py: the guard falls back to MongoDB at once instead.
         retry=Retry(NoBackoff(), 0),
     )
-    return Redis.from_pool(pool)  # the client owns the pool and closes it
+    return Redis.from_pool(reset_safe(pool))  # the client owns the pool and closes it
 
 
 def pipelined_reads(settings: Settings) -> PipelinedReads | None:
