@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, cached_property
 from types import TracebackType
 from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
-from tornado.iostream import StreamClosedError
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, RequestHandler
 
 from server.domain.errors import (
     DATABASE_UNAVAILABLE,
@@ -33,6 +31,7 @@ from server.web.metrics import Metrics
 from server.web.services import Services
 
 from . import cookies
+from .bodies import BoundedBodyHandler
 
 log = logging.getLogger("todo.api")
 OVERLOADED = "server busy, try again shortly"
@@ -47,9 +46,8 @@ def _implemented_methods(handler: type[RequestHandler]) -> tuple[str, ...]:
     )
 
 
-@stream_request_body
-class APIHandler(RequestHandler):
-    """Bodies are streamed in so that one over the limit is refused before it is held whole."""
+class APIHandler(BoundedBodyHandler):
+    """JSON errors, bounded bodies (handlers/bodies.py), bearer-token authentication."""
 
     requires_auth = True
     # Refused with a 503 while the instance serves max_in_flight requests (health checks and
@@ -61,10 +59,8 @@ class APIHandler(RequestHandler):
         # Its headers are in: any write acknowledged to this client came before (see
         # PageCache._load_once, which shares only a load started after this).
         self.arrived_at = time.monotonic()
-        self._chunks: list[bytes] = []
-        self._body_size = 0
+        super().initialize()
         self._tracked = True
-        self._discarding = False  # an early error: the body is read only to be dropped
         self.in_flight.started()
         # Set before Tornado creates the task that runs this request, which copies the
         # context: every line logged while handling it carries the id.
@@ -137,7 +133,7 @@ class APIHandler(RequestHandler):
         try:
             await self.check_request()
         except Exception:
-            await self._read_small_body()
+            await self.read_small_body()
             raise
 
     async def check_request(self) -> None:
@@ -150,63 +146,15 @@ class APIHandler(RequestHandler):
             # MongoDB's pool until timeouts. Nothing has been read or written yet.
             self.shed = True
             raise ServiceUnavailable(OVERLOADED)
-        declared = self._declared_length()
+        declared = self.declared_length()
         if declared is not None and declared > self.body_limit:
             raise PayloadTooLarge(self.too_large_message())
         if self.requires_auth:
             self.current_user = await self._authenticate()
 
-    async def _read_small_body(self) -> None:
-        """An error decided before the body is read is answered after it, for a small body.
-
-        Tornado reads a streamed body only once prepare() is done; a reply sent before that
-        makes it close the connection after the reply, without saying so, and the client's
-        (or nginx's pooled) next request on it fails. A body within the JSON limit (or none)
-        is read and dropped first, so the connection stays usable; a larger or chunked one is
-        not worth reading, and write_error announces the close instead.
-        """
-        if self._prepared_future is None or not self._body_unread():
-            return
-        declared = self._declared_length()
-        if declared is None and "Transfer-Encoding" in self.request.headers:
-            return
-        if declared is not None and declared > self.services.settings.max_body_size:
-            return
-        self._discarding = True
-        # What Tornado does after prepare(): let the body be read (into data_received).
-        self._prepared_future.set_result(None)
-        # A client gone meanwhile: the reply below then goes nowhere, as Tornado expects.
-        with contextlib.suppress(StreamClosedError):
-            await self.request._body_future
-
-    def _declared_length(self) -> int | None:
-        """The body's Content-Length (Tornado has checked it is a number), if it has one."""
-        declared = self.request.headers.get("Content-Length")
-        return None if declared is None else int(declared)
-
-    def _body_unread(self) -> bool:
-        body_read = getattr(self.request, "_body_future", None)
-        return body_read is not None and not body_read.done()
-
     @property
-    def body_limit(self) -> int:
-        """The largest body this request may have (a route with uploads raises it)."""
+    def small_body_limit(self) -> int:
         return self.services.settings.max_body_size
-
-    def too_large_message(self) -> str:
-        return f"request body is larger than {self.body_limit} bytes"
-
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        self._body_size += len(chunk)
-        if self._body_size <= self.body_limit and not self._discarding:
-            self._chunks.append(chunk)
-        return None
-
-    @property
-    def body(self) -> bytes:
-        if self._body_size > self.body_limit:
-            raise PayloadTooLarge(self.too_large_message())
-        return b"".join(self._chunks)
 
     async def _authenticate(self) -> Principal:
         # A bearer token, or a browser's session cookie (then CSRF-checked: handlers/cookies.py).
@@ -269,7 +217,7 @@ class APIHandler(RequestHandler):
             self.set_header("Retry-After", str(getattr(exc, "retry_after", None) or 1))
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
-        if self._body_unread():
+        if self.body_unread():
             # Tornado closes the connection after this reply: say so, so that clients and
             # nginx's keepalive pool do not send their next request on it.
             self.set_header("Connection", "close")

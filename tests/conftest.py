@@ -189,9 +189,11 @@ def running_stack(var: Path, db_name: str, **overrides: Any) -> Iterator[StackCo
     # test that first asks for the stack.
     try:
         with ThreadPoolExecutor(max_workers=1) as thread:
-            thread.submit(commands.up, config).result()
-            yield config
-            thread.submit(commands.down, config).result()
+            try:
+                thread.submit(commands.up, config).result()
+                yield config
+            finally:  # an `up` that failed half-way leaves supervisord running
+                thread.submit(commands.down, config).result()
     finally:
         shutil.rmtree(webapp, ignore_errors=True)
 

@@ -28,9 +28,11 @@ ROWS = (
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     config = stack_config(tmp_path_factory.mktemp("bench") / "var", "todo_bench_test")
-    commands.up(config)
-    yield config
-    commands.down(config)
+    try:
+        commands.up(config)
+        yield config
+    finally:  # an `up` that failed half-way leaves supervisord running
+        commands.down(config)
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
