@@ -59,7 +59,7 @@ class APIHandler(BoundedBodyHandler):
         # Its headers are in: any write acknowledged to this client came before (see
         # PageCache._load_once, which shares only a load started after this).
         self.arrived_at = time.monotonic()
-        super().initialize()
+        self.start_body(small_body_limit=self.services.settings.max_body_size)
         self._tracked = True
         self.in_flight.started()
         # Set before Tornado creates the task that runs this request, which copies the
@@ -151,10 +151,6 @@ class APIHandler(BoundedBodyHandler):
             raise PayloadTooLarge(self.too_large_message())
         if self.requires_auth:
             self.current_user = await self._authenticate()
-
-    @property
-    def small_body_limit(self) -> int:
-        return self.services.settings.max_body_size
 
     async def _authenticate(self) -> Principal:
         # A bearer token, or a browser's session cookie (then CSRF-checked: handlers/cookies.py).

@@ -17,15 +17,13 @@ class BoundedBodyHandler(RequestHandler):
     """A handler whose body is kept only up to `body_limit` (`small_body_limit` unless a route
     raises it), and read to the end before an early error is answered when it is small."""
 
-    def initialize(self) -> None:
+    def start_body(self, small_body_limit: int) -> None:
+        """Called from initialize(). `small_body_limit`: the largest JSON or form body, and the
+        largest one read only to be dropped."""
+        self.small_body_limit = small_body_limit
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._discarding = False  # an early error: the body is read only to be dropped
-
-    @property
-    def small_body_limit(self) -> int:
-        """The largest JSON or form body, and the largest one read only to be dropped."""
-        raise NotImplementedError
 
     @property
     def body_limit(self) -> int:
