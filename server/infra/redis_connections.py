@@ -33,8 +33,6 @@ _RESET_SAFE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
 def _reset_safe(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    if issubclass(base, _ResetIsAConnectionError):
-        return base
     if base not in _RESET_SAFE:
         _RESET_SAFE[base] = type(base.__name__, (_ResetIsAConnectionError, base), {})
     return _RESET_SAFE[base]
